@@ -1,0 +1,505 @@
+"""The effective source job: what NeMo would actually train.
+
+Precedence (reference/nemo2-semantics.md §7.2): recipe factory defaults (mappings/) < statements of the factory
+in recipe.py < each ``--yaml`` file < dotted CLI overrides (run.sh, then ``nemo-migrate --set``).  YAML and CLI
+overrides are merged the way NeMo-Run merges them (one ordered dict: top-level assignments first, a later
+duplicate wins).  Then NeMo's own silent adjustments (§1.8) and ``llm.api._validate_config``'s checks run,
+each error pointing at the file and line of the values involved.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import knowledge, recipes, schema
+from .diagnostics import Diagnostics, MigrateError, did_you_mean
+from .ir import Knob, Node, Provenance
+from .sources.launch import Launch
+from .sources.overrides import parse_override
+from .sources.recipe_py import FactoryInterpreter, RecipeModule, parse_recipe_py
+from .sources.yaml_source import NodeSpec, Override, read_nemo_yaml
+
+_FACTORY = re.compile(r"^([\w\.]+)(?:\((.*)\))?$", re.S)
+
+
+class Job(BaseModel):
+    """The effective NeMo 2 job (the IR handed to the rules)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    label: str  # e.g. "config-fp8"
+    variant: str | None = None
+    tree: Node
+    factory: str
+    factory_prov: Provenance
+    recipe: str | None = None  # the NeMo recipe module the tree came from, if any
+    launch_file: str | None = None
+    launch_line: int | None = None
+    launch_env: dict[str, str] = Field(default_factory=dict)
+    standalone: bool = True
+    inputs: list[str] = Field(default_factory=list)
+    model_override: str | None = None
+    main_names: list[str] = Field(default_factory=list)
+    data_dir: str | None = None  # where a relative dataset_root resolves (the job directory)
+
+    def get(self, path: str) -> Knob | Node | None:
+        return schema.get(self.tree, path)
+
+    def value(self, path: str, fallback: Any = None) -> Any:
+        return schema.value(self.tree, path, fallback)
+
+    def knob(self, path: str) -> Knob | None:
+        k = self.get(path)
+        return k if isinstance(k, Knob) else None
+
+    @property
+    def recipe_info(self) -> dict[str, Any] | None:
+        return recipes.info(self.recipe) if self.recipe else None
+
+
+@dataclass
+class Inputs:
+    """What one conversion reads."""
+
+    recipe: Path | None
+    recipe_display: str | None
+    yamls: list[tuple[Path, str]]
+    launch: Launch | None = None
+    factory: str | None = None  # nemo-migrate --factory (beats run.sh's)
+    sets: list[str] = field(default_factory=list)
+    nproc_per_node: int | None = None
+    nnodes: int | None = None
+    model: str | None = None
+    label: str = "job"
+    variant: str | None = None
+    job_dir: Path | None = None
+
+
+def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None) -> Job:
+    """Build the effective job or raise MigrateError (every problem found is in ``diags``)."""
+    if module is None and inp.recipe is not None:
+        module = parse_recipe_py(inp.recipe, inp.recipe_display or str(inp.recipe), diags)
+        if module is None:
+            raise MigrateError(diags)
+    yaml_sets = []
+    for path, display in inp.yamls:
+        y = read_nemo_yaml(path, display, diags)
+        if y is not None:
+            yaml_sets.append(y)
+    if diags.has_errors:
+        raise MigrateError(diags)
+
+    # 1. the factory: YAML run.factory > nemo-migrate --factory > run.sh --factory > default_factory
+    fac_text, fac_prov = None, None
+    for y in yaml_sets:
+        if y.factory is not None:
+            fac_text, fac_prov = str(y.factory.value), y.factory.prov
+    if fac_text is None and inp.factory:
+        fac_text, fac_prov = inp.factory, Provenance(kind="cli", detail=f"--factory {inp.factory}")
+    if fac_text is None and inp.launch is not None and inp.launch.factory is not None:
+        fac_text, fac_prov = str(inp.launch.factory.value), inp.launch.factory.prov
+    if fac_text is None and module is not None and module.default_factory is not None:
+        name, line = module.default_factory
+        fac_text, fac_prov = name, Provenance(kind="recipe.py", file=module.file, line=line, detail="default_factory")
+    if fac_text is None:
+        cands = module.factory_names() if module else []
+        diags.error(
+            "NM140",
+            "no factory to start from: neither --factory, a YAML `run.factory`, nor run.cli.main(default_factory=...)",
+            hint=("factories in recipe.py: " + ", ".join(cands)) if cands else "pass --factory 'my_recipe()' or --factory llama3_8b",
+            **({"file": module.file} if module else {}),
+        )
+        raise MigrateError(diags)
+    tree, recipe_name = _run_factory(fac_text, fac_prov, module, diags)
+
+    # 2. YAML then CLI overrides, merged as NeMo-Run merges them
+    overrides: list[Override] = []
+    for y in yaml_sets:
+        overrides.extend(y.overrides)
+    if inp.launch is not None:
+        overrides.extend(inp.launch.overrides)
+    for s in inp.sets:
+        ov = parse_override(s, Provenance(kind="cli", detail=s), diags)
+        if ov is not None:
+            overrides.append(ov)
+    if inp.nproc_per_node is not None:
+        overrides.append(Override("trainer.devices", "=", inp.nproc_per_node, Provenance(kind="cli", detail=f"--nproc-per-node {inp.nproc_per_node}")))
+    if inp.nnodes is not None:
+        overrides.append(Override("trainer.num_nodes", "=", inp.nnodes, Provenance(kind="cli", detail=f"--nnodes {inp.nnodes}")))
+    main_names = sorted(set(module.functions) | set(module.imports) | set(module.constants)) if module else []
+    _apply_overrides(tree, overrides, diags, main_names)
+    if diags.has_errors:
+        raise MigrateError(diags)
+
+    job = Job(
+        label=inp.label,
+        variant=inp.variant,
+        tree=tree,
+        factory=fac_text,
+        factory_prov=fac_prov,
+        recipe=recipe_name or _guess_recipe(tree),
+        launch_file=inp.launch.file if inp.launch else None,
+        launch_line=inp.launch.line if inp.launch else None,
+        launch_env=dict(inp.launch.env) if inp.launch else {},
+        standalone=inp.launch.standalone if inp.launch else True,
+        inputs=[d for _, d in inp.yamls] + ([inp.recipe_display] if inp.recipe_display else []) + ([inp.launch.file] if inp.launch else []),
+        model_override=inp.model,
+        main_names=main_names,
+        data_dir=str(inp.job_dir) if inp.job_dir else None,
+    )
+    _check_launch(job, inp.launch, diags)
+    adjust(job, diags)
+    validate(job, diags)
+    if diags.has_errors:
+        raise MigrateError(diags)
+    return job
+
+
+def _run_factory(text: str, prov: Provenance, module: RecipeModule | None, diags: Diagnostics) -> tuple[Node, str | None]:
+    m = _FACTORY.match(text.strip())
+    if not m:
+        diags.error("NM141", f"cannot parse factory {text!r}", hint="form: name or name(key=value, ...)", **prov.where())
+        raise MigrateError(diags)
+    name, argtext = m.group(1), m.group(2)
+    kwargs: dict[str, Knob] = {}
+    if argtext and argtext.strip():
+        # NeMo-Run splits on every comma (no nesting awareness) and parses each key=value like an override
+        for part in argtext.split(","):
+            if not part.strip():
+                continue
+            k, eq, v = part.partition("=")
+            if not eq:
+                diags.error("NM141", f"factory argument {part.strip()!r} must be key=value", **prov.where())
+                raise MigrateError(diags)
+            kwargs[k.strip()] = Knob(value=schema.coerce(v.strip(), None), prov=prov)
+    leaf = name.rsplit(".", 1)[-1]
+    # lookup order: dotted import path -> registry (recipes, @run.cli.factory) -> attribute of __main__
+    recipe_leaf = None
+    if "." in name:
+        parts = name.split(".")
+        if parts[-1] == "finetune_recipe" and len(parts) >= 2:
+            recipe_leaf = parts[-2]
+        elif recipes.info(parts[-1]) is not None:
+            recipe_leaf = parts[-1]
+    elif recipes.info(name) is not None and not (module and name in module.functions):
+        recipe_leaf = name
+    if recipe_leaf is not None:
+        if module is not None and recipe_leaf in module.registered:
+            pass
+        else:
+            kwargs = {k: Knob(value=_coerce_recipe_arg(k, v.value), prov=v.prov) for k, v in kwargs.items()}
+            return recipes.expand(recipe_leaf, kwargs, prov, diags, prov.where()), recipe_leaf
+    if module is not None and (leaf in module.functions or leaf in module.registered):
+        interp = FactoryInterpreter(module, diags)
+        fn = module.functions[module.registered.get(leaf, leaf)]
+        anns = {a.arg: _annotation(a) for a in fn.args.args + fn.args.kwonlyargs}
+        kwargs = {k: Knob(value=_coerce_ann(v.value, anns.get(k)), prov=v.prov) for k, v in kwargs.items()}
+        tree = interp.run_factory(leaf, kwargs, prov)
+        if diags.has_errors:
+            raise MigrateError(diags)
+        return tree, tree.origin
+    cands = (module.factory_names() if module else []) + recipes.supported()
+    hint = did_you_mean(leaf, cands)
+    diags.error(
+        "NM142",
+        f"factory '{name}' not found in recipe.py nor among NeMo's recipes",
+        hint=hint or ("factories in recipe.py: " + ", ".join(module.factory_names()) if module and module.factory_names() else None),
+        **prov.where(),
+    )
+    raise MigrateError(diags)
+
+
+_RECIPE_ARG_TYPES = {"num_nodes": "?int", "num_gpus_per_node": "int", "seq_length": "?int", "packed_sequence": "?bool",
+                     "performance_mode": "bool", "dir": "?str", "name": "str", "peft_scheme": "?str"}
+
+
+def _coerce_recipe_arg(k: str, v: Any) -> Any:
+    t = _RECIPE_ARG_TYPES.get(k)
+    if t is None:
+        return v
+    fs = schema.FieldSpec(k, t.lstrip("?"), t.startswith("?"), False, None)
+    try:
+        return schema.coerce(v, fs)
+    except schema.CoerceError:
+        return v
+
+
+def _annotation(arg: Any) -> str | None:
+    import ast
+
+    a = arg.annotation
+    if a is None:
+        return None
+    try:
+        return ast.unparse(a)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _coerce_ann(v: Any, ann: str | None) -> Any:
+    if not ann:
+        return v
+    opt = ann.startswith("Optional[") or "None" in ann
+    base = ann.replace("Optional[", "").rstrip("]").split("|")[0].strip()
+    if base in ("int", "float", "bool", "str"):
+        try:
+            return schema.coerce(v, schema.FieldSpec("arg", base, opt, False, None))
+        except schema.CoerceError:
+            return v
+    return v
+
+
+def _guess_recipe(tree: Node) -> str | None:
+    """For trees built without a NeMo recipe call: find the recipe whose model config class matches."""
+    cfg = tree.get("model.config")
+    if isinstance(cfg, Node) and cfg.prov.detail:
+        m = re.search(r"run\.Config\((\w+)\)", cfg.prov.detail)
+        cls = m.group(1) if m else None
+        if cls:
+            for name, r in knowledge.recipes().items():
+                if r.get("config_class") == cls:
+                    return name
+    return None
+
+
+def _apply_overrides(tree: Node, overrides: list[Override], diags: Diagnostics, main_names: list[str]) -> None:
+    merged: dict[str, Override] = {}
+    for ov in overrides:
+        if ov.path in merged:
+            prev = merged[ov.path]
+            if ov.prov.kind == "yaml" and prev.prov.kind == "yaml" and ov.prov.file == prev.prov.file:
+                pass
+            merged[ov.path] = Override(ov.path, ov.op, ov.value, ov.prov, ov.raw)
+            # keep dict order of first occurrence, value of the last (NeMo-Run re-nests into one dict)
+        else:
+            merged[ov.path] = ov
+    ordered = [o for o in merged.values() if "." not in o.path] + [o for o in merged.values() if "." in o.path]
+    registered = {n for n, f in knowledge.factories().items() if f.get("registered")}
+    for ov in ordered:
+        where = ov.prov.where()
+        val = ov.value
+        if isinstance(val, NodeSpec):
+            if val.factory:
+                try:
+                    new = schema.call_factory(val.factory.rsplit(".", 1)[-1], {}, ov.prov)
+                except schema.FactoryError as e:
+                    diags.error("NM143", f"'{ov.path}': {e}", key=ov.path, **where)
+                    continue
+            else:
+                key = schema.resolve_class(val.target or "")
+                if key is None:
+                    diags.warning("NM320", f"class '{val.target}' is not known to this compiler; its settings are carried but not checked",
+                                  key=ov.path, **where)
+                new = Node(cls=key or str(val.target), known=key is not None, partial=val.partial, prov=ov.prov)
+            schema.set_path(tree, ov.path, new, diags, where)
+            continue
+        if isinstance(val, str):
+            stripped = val.strip()
+            leaf = stripped.rsplit(".", 1)[-1]
+            if stripped in registered or ("." in stripped and leaf in knowledge.factories() and stripped.startswith("nemo.")):
+                new = schema.call_factory(leaf, {}, ov.prov)
+                schema.set_path(tree, ov.path, new, diags, where)
+                continue
+            if stripped in main_names:
+                diags.warning(
+                    "NM150",
+                    f"'{ov.path}={stripped}': NeMo-Run first tries every value as a factory or an attribute of __main__, "
+                    f"and recipe.py defines '{stripped}', so NeMo would use that object instead of the text",
+                    key=ov.path, hint="rename the value or the recipe.py name", **where,
+                )
+        if isinstance(val, dict):
+            # a mapping value without _target_ reaching here is an empty {} (plain dict)
+            pass
+        schema.set_path(tree, ov.path, Knob(value=val, prov=ov.prov), diags, where, op=ov.op)
+
+
+def _check_launch(job: Job, launch: Launch | None, diags: Diagnostics) -> None:
+    if launch is None:
+        return
+    devices = job.knob("trainer.devices")
+    if launch.nproc_per_node is not None and devices is not None and isinstance(devices.value, int) and devices.prov.detail and not devices.prov.detail.startswith("--nproc"):
+        if devices.value != launch.nproc_per_node:
+            diags.warning(
+                "NM151",
+                f"torchrun starts {launch.nproc_per_node} processes per node but the recipe sets trainer.devices={devices.value} ({devices.prov}); "
+                "Lightning rejects the mismatch",
+                **(launch.nproc_prov.where() if launch.nproc_prov else {}),
+                hint="the migration uses trainer.devices; pass --nproc-per-node to choose",
+            )
+    nodes = job.knob("trainer.num_nodes")
+    if launch.nnodes is not None and nodes is not None and nodes.value != launch.nnodes:
+        diags.warning("NM151", f"torchrun --nnodes={launch.nnodes} but trainer.num_nodes={nodes.value} ({nodes.prov})",
+                      **(launch.nnodes_prov.where() if launch.nnodes_prov else {}))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NeMo's silent adjustments (nemo/collections/llm/api.py::_validate_config, MegatronStrategy.setup)
+
+
+def _set_adjusted(job: Job, path: str, value: Any, why: str) -> None:
+    d = Diagnostics()
+    schema.set_path(job.tree, path, Knob(value=value, prov=Provenance(kind="nemo-adjust", detail=why)), d, {})
+
+
+def adjust(job: Job, diags: Diagnostics) -> None:
+    tp = job.value("trainer.strategy.tensor_model_parallel_size", 1)
+    pp = job.value("trainer.strategy.pipeline_model_parallel_size", 1)
+    sp = job.knob("trainer.strategy.sequence_parallel")
+    if isinstance(job.get("trainer.strategy"), Node):
+        if tp == 1 and sp is not None and sp.value:
+            diags.warning("NM160", "sequence_parallel=True with tensor parallel size 1: NeMo forces it to False", key="trainer.strategy.sequence_parallel",
+                          **sp.prov.where())
+            _set_adjusted(job, "trainer.strategy.sequence_parallel", False, "sequence_parallel forced False when TP == 1 (api._validate_config)")
+        if pp == 1:
+            vpp = job.knob("trainer.strategy.virtual_pipeline_model_parallel_size")
+            if vpp is not None and vpp.value is not None:
+                diags.warning("NM160", "virtual pipeline size with PP == 1: NeMo forces it to None", key="trainer.strategy.virtual_pipeline_model_parallel_size",
+                              **vpp.prov.where())
+                _set_adjusted(job, "trainer.strategy.virtual_pipeline_model_parallel_size", None, "VPP forced None when PP == 1")
+            pd = job.knob("trainer.strategy.pipeline_dtype")
+            if pd is not None and pd.value is not None:
+                _set_adjusted(job, "trainer.strategy.pipeline_dtype", None, "pipeline_dtype forced None when PP == 1")
+    sched = job.get("optim.lr_scheduler")
+    ms = job.knob("trainer.max_steps")
+    if isinstance(sched, Node) and ms is not None:
+        old = sched.fields.get("max_steps")
+        if not (isinstance(old, Knob) and old.value == ms.value and old.prov == ms.prov):
+            _set_adjusted(job, "optim.lr_scheduler.max_steps", ms.value,
+                          f"MegatronStrategy.setup copies trainer.max_steps ({ms.prov}) into the LR scheduler (NeMo >= 2.1.0)")
+
+
+def validate(job: Job, diags: Diagnostics) -> None:
+    t = job
+    data = t.get("data")
+    if not isinstance(data, Node):
+        diags.error("NM200", "the job has no data module (`data`)", hint="set data to run.Config(llm.FineTuningDataModule, dataset_root=...)")
+        return
+    spec = schema.spec(data.cls)
+    if spec is not None:
+        for fname, fs in spec.fields.items():
+            if fs.required and fname not in data.fields:
+                diags.error("NM210", f"{data.cls} is missing 1 required positional argument: '{fname}' (data.{fname})",
+                            key=f"data.{fname}", hint=f"set data.{fname} in the YAML or on the command line", **data.prov.where())
+    for sect in ("trainer", "optim"):
+        if not isinstance(t.get(sect), Node):
+            diags.error("NM200", f"the job has no '{sect}' section this compiler can read")
+    if diags.has_errors:
+        return
+    strategy = t.get("trainer.strategy")
+    if not isinstance(strategy, Node) or strategy.cls != "MegatronStrategy":
+        diags.error("NM211", "trainer.strategy is not a MegatronStrategy; only Megatron-based NeMo 2 jobs are migrated",
+                    **(strategy.prov.where() if isinstance(strategy, (Node, Knob)) else {}))
+        return
+
+    def k(path: str) -> Knob:
+        v = t.knob(path)
+        assert v is not None, path
+        return v
+
+    def w(*knobs: Knob) -> dict:
+        for kn in knobs:
+            if kn.prov.file:
+                return kn.prov.where()
+        return {}
+
+    def prov_list(*knobs: Knob) -> str:
+        return "; ".join(f"{p.split('.')[-1]}={kn.value} ({kn.prov})" for p, kn in knobs)  # type: ignore[misc]
+
+    devices, nodes = k("trainer.devices"), k("trainer.num_nodes")
+    tp, pp, cp = k("trainer.strategy.tensor_model_parallel_size"), k("trainer.strategy.pipeline_model_parallel_size"), k("trainer.strategy.context_parallel_size")
+    gbs, mbs = k("data.global_batch_size"), k("data.micro_batch_size")
+    for kn, name in ((devices, "trainer.devices"), (nodes, "trainer.num_nodes"), (tp, "TP"), (pp, "PP"), (cp, "CP"), (gbs, "global_batch_size"), (mbs, "micro_batch_size")):
+        if not isinstance(kn.value, int) or isinstance(kn.value, bool) or kn.value < 1:
+            diags.error("NM212", f"{name} must be a positive integer, found {kn.value!r} ({kn.prov})", **w(kn),
+                        hint="trainer.devices='auto' cannot be migrated; pass --nproc-per-node N" if name == "trainer.devices" else None)
+    if diags.has_errors:
+        return
+    world = devices.value * nodes.value
+    model_par = tp.value * pp.value * cp.value
+    if world % model_par:
+        diags.error(
+            "NM213",
+            f"Number of GPUs must be divisible by the product of all parallelism sizes for data parallel: world {world} "
+            f"(devices {devices.value} ({devices.prov}) x nodes {nodes.value}) vs TP {tp.value} ({tp.prov}) x PP {pp.value} x CP {cp.value}",
+            hint=f"lower trainer.strategy.tensor_model_parallel_size to a divisor of {world // (pp.value * cp.value) if world % (pp.value * cp.value) == 0 else world}, "
+                 "or raise the GPU count",
+            **w(tp, devices),
+        )
+        return
+    dp = world // model_par
+    if gbs.value % mbs.value:
+        diags.error("NM214", f"global_batch_size {gbs.value} ({gbs.prov}) is not divisible by micro_batch_size {mbs.value} ({mbs.prov})", **w(gbs, mbs))
+    elif gbs.value % (mbs.value * dp):
+        diags.error("NM214", f"global_batch_size {gbs.value} ({gbs.prov}) is not divisible by micro_batch_size x data-parallel size = "
+                    f"{mbs.value} x {dp} (DP = {world} GPUs / (TP {tp.value} x PP {pp.value} x CP {cp.value}))", **w(gbs, mbs))
+    seq = t.knob("data.seq_length")
+    if cp.value > 1 and seq is not None and isinstance(seq.value, int) and seq.value % (2 * cp.value):
+        diags.error("NM215", f"with context parallel {cp.value}, seq_length {seq.value} ({seq.prov}) must be divisible by 2 x CP", **w(seq, cp))
+    if cp.value > 1 and data.cls in ("FineTuningDataModule", "ChatDataModule") and not t.value("model.config.calculate_per_token_loss"):
+        ptl = t.knob("model.config.calculate_per_token_loss")
+        diags.error("NM215", f"context parallel {cp.value} ({cp.prov}) with {data.cls} needs model.config.calculate_per_token_loss=True "
+                    "(NeMo's _validate_config asserts it)", hint="set model.config.calculate_per_token_loss=True", **w(cp, *( [ptl] if ptl else [])))
+    if pp.value > 1 and t.value("trainer.strategy.pipeline_dtype") is None:
+        diags.error("NM216", "pipeline parallelism needs trainer.strategy.pipeline_dtype", **w(pp))
+    ep = k("trainer.strategy.expert_model_parallel_size")
+    experts = t.value("model.config.num_moe_experts")
+    if isinstance(ep.value, int) and ep.value > 1 and isinstance(experts, int) and experts % ep.value:
+        diags.error("NM217", f"num_moe_experts {experts} is not divisible by expert parallel size {ep.value} ({ep.prov})", **w(ep))
+    specs = t.get("data.packed_sequence_specs")
+    if isinstance(specs, Node):
+        size = schema.value(specs, "packed_sequence_size", -1)
+        if isinstance(size, int) and size > 0 and mbs.value != 1:
+            diags.error("NM218", f"packed sequences require micro_batch_size 1, found {mbs.value} ({mbs.prov})",
+                        hint=f"NeMo suggests micro_batch_size=1 and global_batch_size={gbs.value // mbs.value}", **w(mbs))
+    _validate_template(t, diags)
+    mcs = t.knob("model.config.seq_length")
+    if seq is not None and mcs is not None and mcs.value != seq.value:
+        diags.warning(
+            "NM219",
+            f"model.config.seq_length {mcs.value} ({mcs.prov}) differs from data.seq_length {seq.value} ({seq.prov}); "
+            "the data module's length is what trains (replacing recipe.data does not touch the model config)",
+            key="model.config.seq_length", **w(seq, mcs),
+        )
+    ms = t.knob("trainer.max_steps")
+    if ms is not None and isinstance(ms.value, int) and ms.value <= 0:
+        diags.error("NM220", f"trainer.max_steps={ms.value} ({ms.prov}): NeMo's fine-tuning data module sizes the train set from "
+                    "max_steps, so a step count is required", **w(ms))
+
+
+def _validate_template(t: Job, diags: Diagnostics) -> None:
+    dk = t.get("data.dataset_kwargs")
+    data = t.get("data")
+    if not isinstance(data, Node) or data.cls not in ("FineTuningDataModule", "SquadDataModule"):
+        return
+    vals: dict[str, Knob] = {}
+    for name in ("prompt_template", "label_key", "truncation_field"):
+        kn = dk.fields.get(name) if isinstance(dk, Node) else None
+        if kn is None and isinstance(dk, Knob) and isinstance(dk.value, dict) and name in dk.value:
+            kn = Knob(value=dk.value[name], prov=dk.prov)
+        if kn is None:
+            kn = schema.default_knob(Node(cls="dict", prov=Provenance(kind="nemo-default")), name)
+            kn = Knob(value=kn.value, prov=Provenance(kind="nemo-default", detail=f"create_sft_dataset.{name}"))
+        vals[name] = kn
+    tmpl, label, trunc = vals["prompt_template"], vals["label_key"], vals["truncation_field"]
+    if not isinstance(tmpl.value, str) or not isinstance(label.value, str):
+        return
+    keys = re.findall(r"{(\w+)}", tmpl.value)
+    where = tmpl.prov.where() or label.prov.where()
+    if not tmpl.value.endswith("{" + label.value + "}"):
+        diags.error(
+            "NM221",
+            f"prompt_template {tmpl.value!r} ({tmpl.prov}) must end with the label placeholder {{{label.value}}} "
+            f"(label_key={label.value!r}, {label.prov}); GPTSFTDataset asserts this",
+            hint=f"set data.dataset_kwargs.label_key to the last placeholder ({keys[-1]!r})" if keys else None,
+            key="data.dataset_kwargs.prompt_template", **where,
+        )
+    if isinstance(trunc.value, str):
+        for f in [x.strip() for x in trunc.value.split(",") if x.strip()]:
+            if f not in keys:
+                diags.error("NM222", f"truncation_field {f!r} ({trunc.prov}) is not a placeholder of prompt_template {tmpl.value!r}",
+                            hint=did_you_mean(f, keys), key="data.dataset_kwargs.truncation_field", **(trunc.prov.where() or where))
