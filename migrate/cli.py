@@ -1,0 +1,130 @@
+"""The ``nemo-migrate`` command line (typer).  Exit codes: 0 ok (warnings allowed), 1 error, 2 difference found."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+# pydantic scans every installed distribution for plugins at the first model build (importlib.metadata, ~25 ms of a
+# cold start); the IR needs none.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+import typer  # noqa: E402
+
+app = typer.Typer(
+    name="nemo-migrate",
+    help="Compile NeMo 2 fine-tuning jobs (recipe.py + YAML + torchrun) into NeMo Automodel 0.7 jobs.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _out():
+    from . import console
+
+    return console
+
+
+@app.command()
+def convert(
+    source: Path = typer.Argument(..., help="A NeMo 2 job directory (recipe.py, run.sh, config-*.yaml), a NeMo 2 YAML, or a recipe.py."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory. Without it nothing is written (a plan is printed)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe.py with the factory (default: recipe.py next to SOURCE)."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="Factory to start from, e.g. 'migration_recipe()' or llama3_8b (beats run.sh's)."),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", min=1, help="GPUs per node (sets trainer.devices)."),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", min=1, help="Nodes (sets trainer.num_nodes)."),
+    set_: List[str] = typer.Option([], "--set", help="A NeMo-Run dotted override applied last, e.g. --set trainer.max_steps=100 (repeatable)."),
+    model: Optional[str] = typer.Option(None, "--model", help="HF model id or local HF directory to train (replaces the restore path)."),
+    run_sh: Optional[Path] = typer.Option(None, "--run-sh", help="The NeMo 2 launcher script (default: run.sh in SOURCE)."),
+    check: bool = typer.Option(False, "--check", help="Compare with what is in OUT and write nothing: exit 0 same, 2 differs."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files in OUT that differ."),
+    json_: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
+) -> None:
+    """Convert a NeMo 2 job into an Automodel 0.7 config per YAML, a run.sh and a migration report."""
+    from .convert import Options, convert as do_convert, plan_write, write
+    from .diagnostics import MigrateError
+
+    c = _out()
+    opts = Options(source=source, out=out, recipe=recipe, factory=factory, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                   sets=list(set_), model=model, run_sh=run_sh)
+    try:
+        conv = do_convert(opts)
+    except MigrateError as e:
+        c.fail(e.diags, json_mode=json_)
+        raise typer.Exit(1)
+    if check:
+        if out is None:
+            c.error_line("--check needs -o OUT to compare with")
+            raise typer.Exit(1)
+        plan = plan_write(conv, out)
+        if json_:
+            c.print_json(conv.to_json(status="differs" if plan.differing else "same") | {"differs": plan.differing})
+        else:
+            c.report(conv, quiet=quiet)
+            c.check_result(plan, out)
+        raise typer.Exit(2 if plan.differing else 0)
+    if out is None:
+        if json_:
+            c.print_json(conv.to_json(status="plan"))
+        else:
+            c.report(conv, quiet=quiet)
+            c.info_line("nothing written (no -o OUT given)")
+        raise typer.Exit(0)
+    try:
+        res = write(conv, out, force=force)
+    except MigrateError as e:
+        c.fail(e.diags, json_mode=json_)
+        raise typer.Exit(1)
+    if json_:
+        c.print_json(conv.to_json(written=res.written))
+    else:
+        c.report(conv, quiet=quiet)
+        c.write_result(res, out)
+
+
+@app.command()
+def explain(rule: str = typer.Argument(..., help="A rule id such as PEFT006, or a diagnostic code such as NM213.")) -> None:
+    """Print a rule of the mapping table: what it owns, where it writes, its bucket and the fact it cites."""
+    from . import rules
+    from .diagnostics import did_you_mean
+
+    r = rules.by_id().get(rule.upper())
+    if r is None:
+        hint = did_you_mean(rule.upper(), rules.by_id())
+        _out().error_line(f"no rule {rule!r}" + (f"; {hint}" if hint else "") + "  (`nemo-migrate rules` lists them)")
+        raise typer.Exit(1)
+    _out().explain(r)
+
+
+@app.command(name="rules")
+def list_rules() -> None:
+    """List the mapping table (mappings/rules.yaml)."""
+    from . import rules
+
+    _out().rule_table(rules.table())
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - never a traceback for a user
+        if os.environ.get("NEMO_MIGRATE_DEBUG"):
+            raise
+        print(f"nemo-migrate: internal error: {type(e).__name__}: {e}\n"
+              "  hint: this is a bug in nemo-migrate; rerun with NEMO_MIGRATE_DEBUG=1 for the traceback and report it",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Terminal output: rich tables on a terminal, plain text when piped (``NO_COLOR``/``TERM=dumb`` respected), JSON on
+request.  rich is imported only when a terminal is attached, so piped runs start fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from .diagnostics import Diagnostics, dump_json
+
+
+def _tty(stream=sys.stdout) -> bool:
+    return stream.isatty() and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
+
+
+def _rich(stream=sys.stdout):
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False, soft_wrap=False)
+
+
+_SEV_STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}
+
+
+def diagnostics(diags: Diagnostics, stream=sys.stderr, quiet: bool = False) -> None:
+    items = [d for d in diags.sorted() if not (quiet and d.severity != "error")]
+    if not items:
+        return
+    if _tty(stream):
+        from rich.markup import escape
+
+        con = _rich(stream)
+        for d in items:
+            loc = d.location()
+            key = f" [{escape(d.key)}]" if d.key else ""
+            con.print(f"{escape(loc) + ': ' if loc else ''}[{_SEV_STYLE[d.severity]}]{d.severity}\\[{d.code}][/]{key}: {escape(d.message)}")
+            if d.hint:
+                con.print(f"  [dim]hint:[/] {escape(d.hint)}")
+    else:
+        for d in items:
+            print(d.render(), file=stream)
+
+
+def fail(diags: Diagnostics, json_mode: bool = False) -> None:
+    if json_mode:
+        print_json({"tool": "nemo-migrate", "status": "error", "diagnostics": diags.to_json()})
+        return
+    diagnostics(diags)
+    n = len(diags.errors)
+    print(f"nemo-migrate: {n} error{'s' if n != 1 else ''}; nothing written", file=sys.stderr)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(dump_json(obj) + "\n")
+
+
+def error_line(text: str) -> None:
+    print(f"nemo-migrate: error: {text}", file=sys.stderr)
+
+
+def info_line(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def report(conv, quiet: bool = False) -> None:
+    diagnostics(conv.diags, quiet=quiet)
+    if _tty():
+        from rich.table import Table
+
+        con = _rich()
+        t = Table(title="nemo-migrate: knobs per bucket", show_lines=False)
+        for col in ("job", "output", "exact", "approximate", "dropped", "unsupported"):
+            t.add_column(col, justify="right" if col not in ("job", "output") else "left")
+        for v in conv.variants:
+            c = v.counts()
+            t.add_row(v.label, v.output, str(c["exact"]), f"[yellow]{c['approximate']}[/]", str(c["dropped"]),
+                      f"[red]{c['unsupported']}[/]" if c["unsupported"] else "0")
+        con.print(t)
+        if not quiet:
+            for v in conv.variants:
+                fs = v.findings()
+                if not fs:
+                    continue
+                ft = Table(title=f"{v.label}: approximations and unsupported settings", show_lines=True, expand=True)
+                ft.add_column("rule", no_wrap=True)
+                ft.add_column("bucket", no_wrap=True)
+                ft.add_column("knobs", ratio=1)
+                ft.add_column("reason", ratio=3)
+                for f in fs:
+                    style = "red" if f["status"] == "unsupported" else "yellow"
+                    ft.add_row(f["rule"], f"[{style}]{f['status']}[/]", f["knobs"], f["reason"])
+                con.print(ft)
+        return
+    for v in conv.variants:
+        c = v.counts()
+        print(f"{v.label} -> {v.output}: {c['exact']} exact, {c['approximate']} approximate, {c['dropped']} dropped, "
+              f"{c['unsupported']} unsupported")
+        if not quiet:
+            for f in v.findings():
+                print(f"  {f['status']:<11} {f['rule']:<8} {f['knobs']}: {f['reason']}")
+
+
+def write_result(res, out) -> None:
+    for n in res.written:
+        print(f"wrote {out / n}", file=sys.stderr)
+    if res.unchanged:
+        print(f"unchanged: {', '.join(res.unchanged)}", file=sys.stderr)
+
+
+def check_result(plan, out) -> None:
+    if not plan.differing:
+        print(f"{out}: up to date", file=sys.stderr)
+        return
+    for n in plan.differing:
+        sys.stdout.write(plan.diffs.get(n, ""))
+    print(f"{out}: {len(plan.differing)} file(s) differ: {', '.join(plan.differing)}", file=sys.stderr)
+
+
+def explain(r) -> None:
+    lines = [
+        f"{r.id}: {r.status} — {r.reason}",
+        f"  sources: {', '.join(r.sources) or '-'}",
+    ]
+    if r.reads:
+        lines.append(f"  reads:   {', '.join(r.reads)}")
+    lines.append(f"  writes:  {', '.join(r.targets) or '-'}")
+    if r.transform:
+        lines.append(f"  transform: migrate/transforms.py::{r.transform} (may refine the bucket per job)")
+    lines.append(f"  fact:    {r.fact}")
+    if r.test:
+        lines.append(f"  test:    {json.dumps(r.test)}")
+    print("\n".join(lines))
+
+
+def rule_table(table) -> None:
+    if _tty():
+        from rich.table import Table
+
+        t = Table(show_lines=False)
+        for col in ("id", "default bucket", "sources", "writes"):
+            t.add_column(col)
+        for r in table:
+            t.add_row(r.id, r.status, ", ".join(r.sources)[:70], ", ".join(r.targets)[:50])
+        _rich().print(t)
+        return
+    for r in table:
+        print(f"{r.id:<8} {r.status:<11} {', '.join(r.sources)[:70]} -> {', '.join(r.targets)}")
