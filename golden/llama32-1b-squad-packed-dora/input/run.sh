@@ -1,0 +1,1 @@
+python recipe.py --yes
