@@ -1,0 +1,47 @@
+# nemo-migrate: `make example` sets up and converts the bundled example job; `make test` sets up and runs every test.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= out/seed
+STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+
+.PHONY: setup setup-dev example test golden golden-update bench-convert clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(DEVSTAMP): $(STAMP) requirements/automodel-check.txt requirements/automodel-check-nodeps.txt
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -r requirements/automodel-check.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements/automodel-check-nodeps.txt
+	touch $@
+
+setup: $(STAMP)
+
+setup-dev: $(DEVSTAMP)
+
+# The main job: convert the user's NeMo 2 job (golden/seed/input = shared/seed-example/nemo2) into Automodel 0.7.
+example: setup
+	$(BIN)/nemo-migrate convert golden/seed/input -o $(OUT) --force
+
+test: setup-dev
+	$(BIN)/python -m pytest -q
+	$(BIN)/python -m migrate.golden check
+
+golden: setup
+	$(BIN)/python -m migrate.golden check
+
+golden-update: setup
+	$(BIN)/python -m migrate.golden update
+
+bench-convert: setup
+	$(BIN)/python bench/convert_speed.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info .pytest_cache
