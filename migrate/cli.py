@@ -110,8 +110,19 @@ def list_rules() -> None:
 
 
 def main() -> None:
+    import click
+
     try:
-        app()
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except click.ClickException as e:  # bad usage: exit 1 (2 means "difference found")
+        e.show()
+        sys.exit(1)
     except SystemExit:
         raise
     except KeyboardInterrupt:

@@ -111,7 +111,7 @@ class Conversion:
 
 # ---------------------------------------------------------------------------------------------- discovery
 
-_CONFIG_NAME = re.compile(r"^config-(.+)\.ya?ml$")
+_CONFIG_NAME = re.compile(r"^config-(.+)\.ya?ml\Z")
 
 
 def _rel(p: Path, base: Path) -> str:

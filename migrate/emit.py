@@ -171,7 +171,7 @@ def scalar(v: Any) -> str:
             text = f"{mant}e{'+' if not exp.startswith('-') else ''}{exp.lstrip('+')}"
         return text
     s = str(v)
-    if _PLAIN.match(s) and s.lower() not in _YAML11_SPECIAL:
+    if _PLAIN.fullmatch(s) and s.lower() not in _YAML11_SPECIAL:
         return s
     if all(c.isprintable() for c in s):
         return "'" + s.replace("'", "''") + "'"
@@ -252,7 +252,7 @@ def _yamlish(v: Any) -> str:
     return str(v)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def render_run_sh(ctx: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ SQUAD = "nemo_automodel.components.datasets.llm.squad.make_squad_dataset"
 CHAT = "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset"
 MASKED_CE = "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy"
 NO_DECAY_PATTERN = r"(\.bias|norm\.weight)$"
-_HUB_LIKE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_HUB_LIKE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+\Z")
 
 
 # ---------------------------------------------------------------------------------------------- helpers

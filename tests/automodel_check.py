@@ -56,16 +56,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nemo_automodel
 import torch
 import torch.nn as nn
-
-import nemo_automodel
 from nemo_automodel.cli.utils import load_yaml as cli_load_yaml
 from nemo_automodel.cli.utils import resolve_recipe_name
 from nemo_automodel.components._peft.lora import LinearLoRA, PeftConfig, apply_lora_to_linear_modules
 from nemo_automodel.components._peft.module_matcher import ModuleMatcher
 from nemo_automodel.components.config.loader import ConfigNode, load_yaml_config
-from nemo_automodel.components.distributed.mesh_utils import get_flat_mesh
 from nemo_automodel.components.launcher.interactive import resolve_recipe_cls
 from nemo_automodel.components.quantization import fp8 as am_fp8
 from nemo_automodel.recipes import _dist_utils
@@ -106,8 +104,6 @@ _FAMILIES: list[tuple[str, str, str]] = [
     ("mistral", "MistralConfig", "MistralForCausalLM"),
 ]
 _DEFAULT_FAMILY = ("llama", "LlamaConfig", "LlamaForCausalLM")
-
-_DISTRIBUTED_META_KEYS = ("_target_", "_recursive_", "_convert_")
 
 
 @dataclass
@@ -184,7 +180,9 @@ def _check_recipe(report: CheckReport, path: Path):
         elif isinstance(section, dict) and "_target_" in section:
             raw_target = section["_target_"]
         else:
-            report.add(stage, "no top-level `recipe:`; the automodel CLI exits with 'YAML config must specify a recipe target'")
+            report.add(
+                stage, "no top-level `recipe:`; the automodel CLI exits with 'YAML config must specify a recipe target'"
+            )
             return None
         target = resolve_recipe_name(raw_target)
         cls = resolve_recipe_cls(target)
@@ -216,7 +214,7 @@ def _check_typed(report: CheckReport, cfg: ConfigNode, rc: RecipeConfig) -> None
         "freeze_config",
     ]
     for name in simple:
-        if name in ("mfu",) or name in cfg:
+        if name == "mfu" or name in cfg:  # mfu is always built (MFUConfig() by default)
             with _stage(report, stage, name):
                 getattr(rc, name)
 
@@ -279,7 +277,14 @@ def _check_model_section(report: CheckReport, cfg: ConfigNode) -> None:
             dtype_from_str(val)  # what NeMoAutoModel*.from_pretrained/from_config do with a dtype string
     reserved = [
         k
-        for k in ("peft_config", "fp8_config", "compile_config", "quantization_config", "qat_config", "distributed_setup")
+        for k in (
+            "peft_config",
+            "fp8_config",
+            "compile_config",
+            "quantization_config",
+            "qat_config",
+            "distributed_setup",
+        )
         if k in model
     ]
     if reserved:
@@ -324,9 +329,7 @@ def _check_distributed(report: CheckReport, cfg: ConfigNode, exit_stack: context
         return None, 1
 
     tp, cp, pp = parsed["tp_size"], parsed["cp_size"], parsed["pp_size"]
-    dp = _int_or(parsed["dp_size"], 1)
-    world_size = _int_or(tp, 1) * _int_or(cp, 1) * _int_or(pp, 1) * dp
-    report.info["world_size"] = world_size
+    non_dp = _int_or(tp, 1) * _int_or(cp, 1) * _int_or(pp, 1)
     report.info["strategy_config"] = type(parsed["strategy_config"]).__name__
 
     # Keys parse_distributed_section accepted without using them (e.g. a legacy `_target_`).
@@ -341,15 +344,42 @@ def _check_distributed(report: CheckReport, cfg: ConfigNode, exit_stack: context
             f"distributed.{key} is silently dropped by parse_distributed_section{hint}",
         )
 
+    # dp_size: null means "world / (tp*cp*pp)", fixed only at launch; try the smallest dp for which
+    # Automodel's own mesh construction succeeds (dp=1 first), as the brief's "some valid dp".
+    explicit_dp = _int_or(parsed["dp_size"], 0)
+    candidates = [explicit_dp] if explicit_dp else list(range(1, 17))
     mesh = None
-    with _stage(report, stage, f"create_distributed_setup_from_config(world_size={world_size})"):
-        owns = exit_stack.enter_context(_fake_process_group(world_size))
-        if not owns:
-            report.info["distributed_mesh"] = "skipped: torch.distributed already initialised"
-            return None, dp
-        setup = _dist_utils.create_distributed_setup_from_config(cfg, world_size=world_size)
+    dp = candidates[0]
+    first_error: tuple[int, BaseException] | None = None
+    for cand in candidates:
+        world_size = non_dp * cand
+        attempt = contextlib.ExitStack()
+        try:
+            owns = attempt.enter_context(_fake_process_group(world_size))
+            if not owns:
+                attempt.close()
+                report.info["device_mesh"] = "skipped: torch.distributed already initialised"
+                return None, cand
+            setup = _dist_utils.create_distributed_setup_from_config(cfg, world_size=world_size)
+        except KeyboardInterrupt:
+            attempt.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            attempt.close()
+            if first_error is None:
+                first_error = (world_size, exc)
+            continue
+        exit_stack.push(attempt.pop_all())  # keep this process group until the checks end
         mesh = setup.mesh_context.device_mesh
+        dp = cand
+        report.info["world_size"] = world_size
         report.info["device_mesh"] = repr(mesh)
+        break
+    if mesh is None and first_error is not None:
+        ws, exc = first_error
+        tried = f"world_size={ws}" + ("" if explicit_dp else f" (and dp=1..{candidates[-1]})")
+        report.add_exc(stage, f"create_distributed_setup_from_config({tried})", exc)
+        return None, dp
     dp_size = dp
     if mesh is not None:
         with _stage(report, stage, "dp group size"):
