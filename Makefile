@@ -17,9 +17,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m compileall -q migrate
 	touch $@
 
-$(DEVSTAMP): $(STAMP) requirements/automodel-check.txt requirements/automodel-check-nodeps.txt
-	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+$(DEVSTAMP): $(STAMP) requirements/automodel-check.txt requirements/automodel-check-nodeps.txt requirements/runtime.txt
 	$(BIN)/python -m pip install -q -r requirements/automodel-check.txt
+	$(BIN)/python -m pip install -q -r requirements/runtime.txt
+	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	$(BIN)/python -m pip install -q --no-deps -r requirements/automodel-check-nodeps.txt
 	touch $@
 

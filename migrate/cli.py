@@ -87,6 +87,30 @@ def convert(
         c.write_result(res, out)
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def run(
+    config: Path = typer.Argument(..., help="An Automodel 0.7 YAML (e.g. one that `convert` wrote)."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) on this node; >1 starts torchrun."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override step_scheduler.max_steps."),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help="A local HF model directory (weights + tokenizer)."),
+    proxy_model: Optional[str] = typer.Option(None, "--proxy-model", help="Random-weight stand-in of the config's architecture: tiny, llama-1b, llama-8b, ..."),
+    set_: List[str] = typer.Option([], "--set", help="Override any key, as Automodel's --section.key value: --set dataset.path_or_dataset_id=/data/t.jsonl"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory for metrics.jsonl, loss.png (default: runs/<config name>)."),
+    merge: bool = typer.Option(False, "--merge", help="After a LoRA run, also write the merged model (HF safetensors)."),
+) -> None:
+    """Train an Automodel 0.7 config with the bundled runtime (FSDP2, LoRA, FP8); needs `pip install nemo-migrate[runtime]`."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        _out().error_line("the runtime needs torch: pip install 'nemo-migrate[runtime]'")
+        raise typer.Exit(1)
+    from runtime.api import RunOptions, run_main  # lazily: convert/diff never import torch
+
+    code = run_main(RunOptions(config=config, nproc_per_node=nproc_per_node, max_steps=max_steps, model_path=model_path,
+                               proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge))
+    raise typer.Exit(code)
+
+
 @app.command()
 def explain(rule: str = typer.Argument(..., help="A rule id such as PEFT006, or a diagnostic code such as NM213.")) -> None:
     """Print a rule of the mapping table: what it owns, where it writes, its bucket and the fact it cites."""
