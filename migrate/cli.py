@@ -87,6 +87,35 @@ def convert(
         c.write_result(res, out)
 
 
+@app.command()
+def diff(
+    left: Path = typer.Argument(..., help="A NeMo 2 job (directory or YAML) or an Automodel YAML / directory."),
+    right: Path = typer.Argument(..., help="The job to compare it with (directories pair their configs by file name)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe.py for a NeMo 2 YAML (default: recipe.py next to it)."),
+    set_: List[str] = typer.Option([], "--set", help="A dotted override for the NeMo 2 side, as in convert."),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", min=1, help="GPUs per node, when a side does not say."),
+    nnodes: Optional[int] = typer.Option(None, "--nnodes", min=1, help="Nodes, when a side does not say."),
+    model: Optional[str] = typer.Option(None, "--model", help="HF model for the NeMo 2 side (as convert --model)."),
+    all_: bool = typer.Option(False, "--all", help="Also list the facts that are the same."),
+    json_: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Compare what two jobs will actually do (effective values, defaults included): exit 0 same, 2 differs, 1 error."""
+    from .diagnostics import MigrateError
+    from .diff import run_diff, to_json
+
+    c = _out()
+    try:
+        results = run_diff(left, right, recipe=recipe, sets=list(set_), nproc=nproc_per_node, nnodes=nnodes, model=model)
+    except MigrateError as e:
+        c.fail(e.diags, json_mode=json_)
+        raise typer.Exit(1)
+    if json_:
+        c.print_json(to_json(results))
+    else:
+        c.diff_report(results, show_all=all_)
+    raise typer.Exit(2 if any(r.different for r in results) else 0)
+
+
 @app.command(context_settings={"allow_extra_args": False})
 def run(
     config: Path = typer.Argument(..., help="An Automodel 0.7 YAML (e.g. one that `convert` wrote)."),

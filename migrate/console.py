@@ -147,3 +147,34 @@ def rule_table(table) -> None:
         return
     for r in table:
         print(f"{r.id:<8} {r.status:<11} {', '.join(r.sources)[:70]} -> {', '.join(r.targets)}")
+
+
+def diff_report(results, show_all: bool = False) -> None:
+    from .diff import render_plain, summary_line
+
+    if not _tty():
+        sys.stdout.write(render_plain(results, show_all))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = _rich()
+    style = {"same": "dim", "differs": "bold red", "approximate": "yellow", "only-left": "magenta", "only-right": "magenta"}
+    for r in results:
+        t = Table(title=f"{r.left.kind} {r.left.label}  vs  {r.right.kind} {r.right.label}", show_lines=True, expand=True)
+        t.add_column("", no_wrap=True)
+        t.add_column("fact", no_wrap=True)
+        t.add_column(r.left.label, ratio=2)
+        t.add_column(r.right.label, ratio=2)
+        t.add_column("verdict", ratio=1)
+        for row in r.rows:
+            if row.verdict == "same" and not show_all:
+                continue
+            cell = lambda f: "" if f is None else f"{escape(f.shown)}\n[dim]{escape(f.origin)}[/]"  # noqa: E731
+            t.add_row(row.marker, row.fact, cell(row.left), cell(row.right),
+                      f"[{style[row.verdict]}]{row.verdict}[/]" + (f"\n[dim]{escape(row.note)}[/]" if row.note else ""))
+        con.print(t)
+        for f in r.findings:
+            con.print(f"[{_SEV_STYLE[f.severity]}]{f.severity}[{f.code}][/] {escape(f.location())}: {escape(f.message)}"
+                      + (f"\n  [dim]hint:[/] {escape(f.hint)}" if f.hint else ""))
+        con.print(summary_line(r))

@@ -1,5 +1,6 @@
 """Golden programs: ``golden/<case>/input`` (a NeMo 2 job), optional ``golden/<case>/args`` (extra ``convert`` arguments,
-one per line), and ``golden/<case>/expected`` (what ``nemo-migrate convert`` must write).
+one per line), and ``golden/<case>/expected`` (what ``nemo-migrate convert`` must write).  A case with a ``diff`` file
+(``LEFT RIGHT`` paths under input/) is a ``nemo-migrate diff`` case: expected/diff.txt and expected/diff.json.
 
 ``python -m migrate.golden check`` fails on any drift (``make golden``); ``python -m migrate.golden update`` regenerates
 (``make golden-update``).
@@ -47,6 +48,16 @@ def options_for(case: Path) -> Options:
 
 
 def render(case: Path) -> dict[str, str]:
+    if (case / "diff").is_file():
+        import json
+
+        from .diff import render_plain, run_diff, to_json
+
+        left, right = (case / "diff").read_text().split()[:2]
+        results = run_diff(case / "input" / left, case / "input" / right)
+        relabel = lambda t: t.replace(str(case / "input") + "/", "")  # noqa: E731
+        return {"diff.txt": relabel(render_plain(results, show_all=True)),
+                "diff.json": relabel(json.dumps(to_json(results), indent=2, ensure_ascii=False) + "\n")}
     return convert(options_for(case)).files
 
 

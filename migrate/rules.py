@@ -161,6 +161,7 @@ class Ctx:
     written: list[str] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
     owned: dict[str, list[str]] = field(default_factory=dict)
+    pinned: list[str] = field(default_factory=list)
 
     def owned_by(self, rule_id: str) -> list[str]:
         return self.owned.get(rule_id, [])
@@ -196,14 +197,19 @@ class Ctx:
         return explicit or out
 
     # writing the target
-    def set(self, path: str, value: Any, *from_paths: str, note: str | None = None, provs: list[Provenance] | None = None) -> None:
+    def set(self, path: str, value: Any, *from_paths: str, note: str | None = None, provs: list[Provenance] | None = None,
+            status: Status | None = None) -> None:
+        """Write a target value; ``status`` pins this value's bucket (otherwise it gets the row's final bucket)."""
         assert self.rule is not None
         prev = self.targets.get(path)
         if prev is not None and prev.rule != self.rule.id and prev.value != value:
             raise AssertionError(f"rules {prev.rule} and {self.rule.id} both write {path}")
         ps = list(provs or []) + self.provs(*from_paths)
-        self.targets[path] = TargetValue(value=value, rule=self.rule.id, status=self.rule.status, provs=ps, note=note)
-        self.written.append(path)
+        self.targets[path] = TargetValue(value=value, rule=self.rule.id, status=status or self.rule.status, provs=ps, note=note)
+        if status is None:
+            self.written.append(path)
+        else:
+            self.pinned.append(path)
 
     def unset(self, path: str) -> None:
         for p in [t for t in self.targets if t == path or t.startswith(path + ".")]:
@@ -252,6 +258,7 @@ def apply(job: Job, diags: Diagnostics) -> tuple[dict[str, TargetValue], list[Kn
             continue
         ctx.rule = rule
         ctx.written = []
+        ctx.pinned = []
         res: Result | None = None
         if rule.transform:
             fn: Transform | None = getattr(transforms, rule.transform, None)
@@ -272,7 +279,7 @@ def apply(job: Job, diags: Diagnostics) -> tuple[dict[str, TargetValue], list[Kn
         for path in mine:
             kn = knobs[path]
             outcomes.append(KnobOutcome(path=path, value=_plain(kn.value), prov=kn.prov, rule=rule.id, status=status,
-                                        targets=sorted(set(ctx.written)), reason=reason))
+                                        targets=sorted(set(ctx.written) | set(ctx.pinned)), reason=reason))
             if rule.id == "ROOT002":
                 diags.warning("NM400", f"no rule maps '{path}' ({kn.prov}); it is not migrated", key=path, **kn.prov.where())
         unsup = [p for p in mine if status == "unsupported"]

@@ -974,8 +974,8 @@ def checkpoint_dir(ctx: Ctx) -> Result | None:
         name = ctx.v("log.name") or "default"
         ctx.set("checkpoint.checkpoint_dir", posixpath.join(base, name, "checkpoints"), "log.log_dir", "log.name")
     if ctx.v("trainer.enable_checkpointing") is not False:
-        ctx.set("checkpoint.enabled", True, "log._target_")
-    ctx.set("checkpoint.model_save_format", "safetensors", "log._target_")
+        ctx.set("checkpoint.enabled", True, "log._target_", status="exact")
+    ctx.set("checkpoint.model_save_format", "safetensors", "log._target_", status="exact")
     return None
 
 

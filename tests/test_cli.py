@@ -101,10 +101,12 @@ def test_deterministic_across_hash_seeds(tmp_path, seed):
         assert p.read_bytes() == (ROOT / "golden/seed/expected" / p.name).read_bytes(), p.name
 
 
-def test_convert_does_not_import_torch():
+def test_convert_and_diff_do_not_import_torch():
     code = ("import sys; from migrate.cli import app; from typer.testing import CliRunner;"
             "r = CliRunner().invoke(app, ['convert', %r, '--json']); assert r.exit_code == 0, r.output;"
-            "bad = [m for m in ('torch', 'transformers', 'peft', 'torchao') if m in sys.modules]; assert not bad, bad" % str(SEED))
+            "r = CliRunner().invoke(app, ['diff', %r, %r, '--json']); assert r.exit_code == 0, r.output;"
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'torchao') if m in sys.modules]; assert not bad, bad"
+            % (str(SEED), str(SEED), str(ROOT / "golden/seed/expected")))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 

@@ -47,7 +47,10 @@ def test_round_trip_pyyaml_and_ruamel(v):
     assert a["other"] == 1 and b["other"] == 1
 
 
-@pytest.mark.parametrize("case", golden.cases(), ids=[c.name for c in golden.cases()])
+CONVERT_CASES = [c for c in golden.cases() if not (c / "diff").exists()]
+
+
+@pytest.mark.parametrize("case", CONVERT_CASES, ids=[c.name for c in CONVERT_CASES])
 def test_golden_outputs_read_back_as_their_targets(case):
     conv = golden.convert(golden.options_for(case))
     for v in conv.variants:

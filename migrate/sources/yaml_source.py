@@ -67,6 +67,13 @@ def _construct(kind: str, text: str) -> Any:
         body = t.lstrip("+-")
         if body[:2].lower() in ("0x", "0o", "0b"):
             return sign * int(body, 0)
+        if ":" in body:  # YAML 1.1 sexagesimal
+            v = 0
+            for part in body.split(":"):
+                v = v * 60 + int(part)
+            return sign * v
+        if len(body) > 1 and body.startswith("0"):  # YAML 1.1 octal
+            return sign * int(body, 8)
         return sign * int(body)
     if kind == "float":
         t = text.replace("_", "").lower()
@@ -76,6 +83,11 @@ def _construct(kind: str, text: str) -> Any:
             return float("-inf")
         if t == ".nan":
             return float("nan")
+        if ":" in t:  # YAML 1.1 sexagesimal
+            v = 0.0
+            for part in t.lstrip("+-").split(":"):
+                v = v * 60 + float(part)
+            return -v if t.startswith("-") else v
         return float(t)
     return text
 
@@ -178,6 +190,7 @@ def compose_file(path: Path, display: str, diags: Diagnostics, code: str = "NM10
         y = YAML(typ="safe", pure=False)
     except Exception:  # noqa: BLE001 - no C extension: the pure-Python parser gives the same nodes
         y = YAML(typ="safe", pure=True)
+    y.version = (1, 1)  # PyYAML / OmegaConf resolve plain scalars with YAML 1.1 rules (yes/no/on/off are booleans)
     try:
         return y.compose(text) if text.strip() else None
     except MarkedYAMLError as e:
