@@ -269,12 +269,14 @@ def compare(left: Side, right: Side) -> PairResult:
         left.facts, right.facts = source_facts(left), source_facts(right)
         return _rows(left, right)
     # both sides judged on the same architecture and world size (the one either side knows)
-    world = left.ctx.world or right.ctx.world
-    note_l = None if left.ctx.world else ("assumed from the other side" if world else None)
-    note_r = None if right.ctx.world else ("assumed from the other side" if world else None)
+    # each side keeps the world size it knows; a side that does not say is judged with the other side's
+    wl = left.ctx.world or right.ctx.world
+    wr = right.ctx.world or left.ctx.world
+    note_l = left.ctx.world_note if left.ctx.world else ("assumed from the other side" if wl else None)
+    note_r = right.ctx.world_note if right.ctx.world else ("assumed from the other side" if wr else None)
     family, layers = (left.ctx.family, left.ctx.layers) if left.kind == "nemo2" or left.ctx.layers != 4 else (right.ctx.family, right.ctx.layers)
-    lctx = FactCtx(world, note_l or left.ctx.world_note, family, layers)
-    rctx = FactCtx(world, note_r or right.ctx.world_note, family, layers)
+    lctx = FactCtx(wl, note_l, family, layers)
+    rctx = FactCtx(wr, note_r, family, layers)
     left.facts = facts(left.view, lctx, left.rejected)
     right.facts = facts(right.view, rctx, right.rejected)
     return _rows(left, right)

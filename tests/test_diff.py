@@ -104,6 +104,21 @@ FLIPS = {
     "checkpoint.dir": [("/app/output/cust-llama33-70b/checkpoints", "/elsewhere/checkpoints")],
     "checkpoint.keep": [("  max_recent_checkpoints: 1 ", "  max_recent_checkpoints: 5 ")],
     "dist.timeout_minutes": [("  timeout_minutes: 30 ", "  timeout_minutes: 1  ")],
+    "optimizer.lr": [("  lr: 0.0001 ", "  lr: 0.0002 ")],
+    "precision.master_weights": [("  dtype: bfloat16 ", "  dtype: float32  ")],
+    "precision.grad_reduce": [("  sequence_parallel: false", "  mp_policy: {param_dtype: bfloat16, reduce_dtype: bfloat16}\n  sequence_parallel: false")],
+    "parallel.cp_size": [("  cp_size: 1 ", "  cp_size: 2 ")],
+    "parallel.pp_size": [("  pp_size: 1 ", "  pp_size: 2 ")],
+    "parallel.strategy": [("  strategy: fsdp2 ", "  strategy: ddp   ")],
+    "batch.local": [("  local_batch_size: 1 ", "  local_batch_size: 2 ")],
+    "lora.modules": [("['*.q_proj', '*.k_proj', '*.v_proj', '*.o_proj', '*.gate_proj', '*.up_proj', '*.down_proj']", "['*.q_proj', '*.v_proj']")],
+    "lora.scale": [("  alpha: 16 ", "  alpha: 32 ")],
+    "lora.dora": [("  dim: 8 ", "  use_dora: true\n  dim: 8 ")],
+    "lora.dtype": [("  dim: 8 ", "  lora_dtype: float32\n  dim: 8 ")],
+    "loss.reduction": [("nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy", "mypkg.losses.FocalLoss")],
+    "data.bos_forced": [("    add_eos_token: true ", "    add_eos_token: true\n    add_bos_token: true ")],
+    "validation.limit_samples": [("/mount/models/data/validation.jsonl", "/mount/models/data/validation.jsonl\n  limit_dataset_samples: 16")],
+    "checkpoint.enabled": [("  enabled: true ", "  enabled: false")],
 }
 
 
@@ -115,6 +130,19 @@ def test_comparison_rule_catches_a_change(tmp_path, fact):
     assert r.different
 
 
+def test_no_decay_and_world_size_flip(tmp_path):
+    case = golden.ROOT / "llama3-8b-full-ft"
+    text = (case / "expected" / "config.yaml").read_text()
+    p = tmp_path / "config.yaml"
+    p.write_text(text.replace("wd_mult: 0.0", "wd_mult: 1.0"))
+    [r] = run_diff(case / "input", p)
+    assert rows(r)["optimizer.no_decay_on_norms_biases"].verdict == "differs"
+    p.write_text(text)
+    (tmp_path / "run.sh").write_text((case / "expected" / "run.sh").read_text().replace("nproc=8;", "nproc=4;"))
+    [r] = run_diff(case / "input", p)
+    assert rows(r)["launch.processes"].verdict == "differs" and rows(r)["batch.grad_accum"].verdict == "differs"
+
+
 def test_fp8_and_packing_and_lora_presence_flip(tmp_path):
     text = (SEED / "expected" / "config-fp16.yaml").read_text()
     text += "packed_sequence:\n  packed_sequence_size: 4096\n"
@@ -123,6 +151,10 @@ def test_fp8_and_packing_and_lora_presence_flip(tmp_path):
     assert rows(r)["lora.enabled"].verdict == "differs" and rows(r)["lora.dim"].verdict == "only-left"
     r = seed_vs(tmp_path, text=_drop_section((SEED / "expected" / "config-fp16.yaml").read_text(), "lr_scheduler"))
     assert rows(r)["lr.schedule"].verdict == "differs" and "constant" in rows(r)["lr.schedule"].right.shown
+    fp8 = (SEED / "expected" / "config-fp8.yaml").read_text().replace("['*.q_proj', '*.k_proj', '*.v_proj', '*.o_proj', '*.gate_proj', '*.up_proj', '*.down_proj']", "['*.q_proj']")
+    fp8 = fp8.replace("  enabled: false ", "  enabled: true  ")
+    r = seed_vs(tmp_path, text=fp8, name="config-fp8.yaml")
+    assert rows(r)["fp8"].verdict == "differs"
 
 
 def _drop_section(text, name):
