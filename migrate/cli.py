@@ -40,6 +40,7 @@ def convert(
     set_: List[str] = typer.Option([], "--set", help="A NeMo-Run dotted override applied last, e.g. --set trainer.max_steps=100 (repeatable)."),
     model: Optional[str] = typer.Option(None, "--model", help="HF model id or local HF directory to train (replaces the restore path)."),
     run_sh: Optional[Path] = typer.Option(None, "--run-sh", help="The NeMo 2 launcher script (default: run.sh in SOURCE)."),
+    launcher: str = typer.Option("auto", "--launcher", help="auto: also sbatch.sh when recipe.py launches on a SlurmExecutor; slurm: always write sbatch.sh; local: run.sh only."),
     check: bool = typer.Option(False, "--check", help="Compare with what is in OUT and write nothing: exit 0 same, 2 differs."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in OUT that differ."),
     json_: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
@@ -51,7 +52,10 @@ def convert(
 
     c = _out()
     opts = Options(source=source, out=out, recipe=recipe, factory=factory, nproc_per_node=nproc_per_node, nnodes=nnodes,
-                   sets=list(set_), model=model, run_sh=run_sh)
+                   sets=list(set_), model=model, run_sh=run_sh, launcher=launcher)
+    if launcher not in ("auto", "slurm", "local"):
+        c.error_line(f"--launcher {launcher!r}: expected auto, slurm or local")
+        raise typer.Exit(1)
     try:
         conv = do_convert(opts)
     except MigrateError as e:
@@ -138,6 +142,25 @@ def run(
     code = run_main(RunOptions(config=config, nproc_per_node=nproc_per_node, max_steps=max_steps, model_path=model_path,
                                proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge))
     raise typer.Exit(code)
+
+
+@app.command(name="convert-data")
+def convert_data(
+    src: Path = typer.Argument(..., help="A NeMo chat JSONL (conversations / system / mask)."),
+    dest: Path = typer.Argument(..., help="Where to write the OpenAI-messages JSONL for Automodel's ChatDataset."),
+    force: bool = typer.Option(False, "--force", help="Replace DEST if it exists."),
+) -> None:
+    """Convert NeMo chat data to the OpenAI `messages` JSONL that Automodel 0.7's ChatDataset reads."""
+    from .data_convert import convert_file
+    from .diagnostics import MigrateError
+
+    try:
+        n, diags = convert_file(src, dest, force=force)
+    except MigrateError as e:
+        _out().fail(e.diags)
+        raise typer.Exit(1)
+    _out().diagnostics(diags)
+    _out().info_line(f"wrote {n} rows to {dest}")
 
 
 @app.command()

@@ -35,6 +35,7 @@ class Options:
     sets: list[str] = field(default_factory=list)
     model: str | None = None
     run_sh: Path | None = None
+    launcher: str = "auto"  # auto: sbatch.sh too when recipe.py has a SlurmExecutor; slurm: always; local: run.sh only
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Variant:
     nproc: int
     nnodes: int
     text: str
+    slurm: dict[str, Any] | None = None  # sbatch.sh settings from the job's SlurmExecutor (rules LCH002-LCH004)
+    env: list[tuple[str, str]] = field(default_factory=list)  # exports from a LocalExecutor's env_vars
 
     def counts(self) -> dict[str, int]:
         c = {s: 0 for s in STATUSES}
@@ -150,7 +153,7 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
                 raise MigrateError(diags)
         else:
             yamls = [src]
-        if recipe is None and (src.parent / "recipe.py").is_file() and src.suffix in (".yaml", ".yml"):
+        if recipe is None and (src.parent / "recipe.py").is_file() and src.suffix in (".yaml", ".yml") and not _is_nemo1(src):
             diags.note("NM004", f"using {src.parent / 'recipe.py'} next to the YAML (pass --recipe to choose another)")
             recipe = src.parent / "recipe.py"
     launch = parse_run_sh(launch_path, _rel(launch_path, base), diags) if launch_path is not None else None
@@ -158,7 +161,14 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
         raise MigrateError(diags)
     pairs: list[tuple[str | None, Path | None]] = []
     pattern = launch.yaml_pattern() if launch else None
-    if src.is_dir():
+    if src.is_dir() and launch is not None and launch.config_name:
+        name = launch.config_name if launch.config_name.endswith((".yaml", ".yml")) else launch.config_name + ".yaml"
+        y = src / (launch.config_path or ".") / name
+        if not y.is_file():
+            diags.error("NM006", f"the launcher's --config-name {launch.config_name} ({y}) is not in {src}", file=launch.file, line=launch.line)
+        else:
+            pairs.append((None, y))
+    elif src.is_dir():
         if pattern:
             for y in yamls:
                 v = variant_of(pattern, y.name)
@@ -188,7 +198,7 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
             pairs.append((m.group(1) if m else None, yamls[0]))
         else:
             pairs.append((None, None))
-    if recipe is None and not opts.factory and not (launch and launch.factory):
+    if recipe is None and not opts.factory and not (launch and launch.factory) and not any(_is_nemo1(y) for _, y in pairs if y):
         diags.error("NM007", "no recipe.py found and no --factory given", hint="pass --recipe recipe.py, or --factory <NeMo recipe name> (e.g. llama3_8b)")
     if diags.has_errors:
         raise MigrateError(diags)
@@ -210,6 +220,13 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
             job_dir=base,
         ))
     return inputs, launch, base
+
+
+def _is_nemo1(p: Path) -> bool:
+    from .sources.nemo1 import detect
+    from .sources.yaml_source import load_yaml_file
+
+    return detect(load_yaml_file(p, p.name, Diagnostics())) is not None
 
 
 def _looks_like_recipe(p: Path) -> bool:
@@ -258,7 +275,7 @@ def convert(opts: Options) -> Conversion:
         header = _header(inp, job, launch is not None)
         text = emit.render_config(targets, header)
         variants.append(Variant(inp.variant, inp.label, out_name, job, targets, outcomes, notes,
-                                launch_sz["nproc_per_node"], launch_sz["nnodes"], text))
+                                launch_sz["nproc_per_node"], launch_sz["nnodes"], text, ctx.cache.get("slurm"), list(ctx.cache.get("env", []))))
     if failed or diags.has_errors:
         raise MigrateError(diags)
     names = [v.output for v in variants]
@@ -266,7 +283,15 @@ def convert(opts: Options) -> Conversion:
         diags.error("NM008", f"two variants would write the same file: {names}")
         raise MigrateError(diags)
     files = {v.output: v.text for v in variants}
-    files["run.sh"] = _run_sh(variants, launch, base, opts)
+    source = _source_label(opts, inputs, launch)
+    files["run.sh"] = _run_sh(variants, launch, source)
+    slurm = next((v.slurm for v in variants if v.slurm is not None), None)
+    if opts.launcher == "slurm" or (slurm is not None and opts.launcher == "auto"):
+        if slurm is not None:
+            for bad in emit.sbatch_problems(slurm):
+                diags.warning("NM610", f"#SBATCH {bad} is left out of sbatch.sh: sbatch reads directives unquoted",
+                              hint="use plain values (letters, digits, _ . : , = + / @ % -) or add the line by hand")
+        files["sbatch.sh"] = _sbatch_sh(variants, launch, slurm or {}, source)
     files["migration-report.md"] = _report(variants, diags, _source_label(opts, inputs, launch))
     srcs = [p for inp in inputs for p, _ in inp.yamls] + ([inputs[0].recipe] if inputs and inputs[0].recipe else [])
     if launch is not None:
@@ -296,16 +321,42 @@ def _header(inp: Inputs, job: Job, has_launch: bool) -> list[str]:
     return lines
 
 
-def _run_sh(variants: list[Variant], launch: Launch | None, base: Path, opts: Options) -> str:
-    env = sorted((launch.env if launch else {}).items())
+def _run_sh(variants: list[Variant], launch: Launch | None, source: str) -> str:
+    env = _env_of(variants, launch)
     pre: list[str] = []
     for v in variants:
         for n in v.notes:
             if n.kind == "pre-step" and n.text not in pre:
                 pre.append(n.text)
     vs = [{"name": v.name or v.label, "config": v.output, "nproc": v.nproc, "nnodes": v.nnodes} for v in variants]
-    src = launch.file if launch is not None else (opts.source.name)
-    return emit.render_run_sh({"variants": vs, "env": env, "pre_steps": pre, "source": src})
+    return emit.render_run_sh({"variants": vs, "env": env, "pre_steps": pre, "source": source})
+
+
+def _env_of(variants: list[Variant], launch: Launch | None) -> list[tuple[str, str]]:
+    env = dict(launch.env) if launch else {}
+    for v in variants:
+        env.update(v.env)
+    return sorted(env.items())
+
+
+def _sbatch_sh(variants: list[Variant], launch: Launch | None, slurm: dict[str, Any], source: str) -> str:
+    pre: list[str] = []
+    for v in variants:
+        for n in v.notes:
+            if n.kind == "pre-step" and n.text not in pre:
+                pre.append(n.text)
+    vs = [{"name": v.name or v.label, "config": v.output, "nproc": v.nproc, "nnodes": v.nnodes} for v in variants]
+    env = dict(_env_of(variants, launch))
+    env.update(slurm.get("env", []))
+    return emit.render_sbatch_sh({
+        "variants": vs, "pre_steps": pre, "source": source,
+        "env": sorted(env.items()),
+        "job_name": slurm.get("job_name", "automodel"),
+        "nodes": max(v.nnodes for v in variants),
+        "gpus_per_node": slurm.get("gpus_per_node") or max(v.nproc for v in variants),
+        "sbatch": slurm.get("sbatch", []),
+        "image": slurm.get("image"), "mounts": slurm.get("mounts", []), "srun_args": slurm.get("srun_args", []),
+    })
 
 
 def _report(variants: list[Variant], diags: Diagnostics, source: str) -> str:

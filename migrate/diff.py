@@ -18,6 +18,7 @@ from . import knowledge, rules
 from .convert import Options, Variant, convert
 from .diagnostics import Diagnostic, Diagnostics, MigrateError
 from .semantics import _MISSING, Fact, FactCtx, View, facts, same_value
+from .sources.launch import HYDRA_SCRIPTS
 from .sources.automodel_yaml import AutomodelConfig, looks_like_automodel, read_automodel_yaml
 from .sources.yaml_source import load_yaml_file
 
@@ -203,7 +204,11 @@ def _semantic_findings(cfg: AutomodelConfig, view: AutomodelView, ctx: FactCtx) 
 
 def _kind_of(path: Path, diags: Diagnostics) -> str:
     if path.is_dir():
-        if (path / "recipe.py").is_file() or any(_is_nemo_yaml(p, diags) for p in path.glob("*.yaml")):
+        # a NeMo job directory: recipe.py, a launcher (run.sh may name a Hydra --config-path), or NeMo YAML
+        launcher = path / "run.sh"
+        text = launcher.read_text(encoding="utf-8", errors="replace")[:100_000] if launcher.is_file() else ""
+        nemo_launcher = "--config-name" in text or any(s in text for s in HYDRA_SCRIPTS)  # NeMo 1.0 / Aligner (Hydra)
+        if (path / "recipe.py").is_file() or nemo_launcher or any(_is_nemo_yaml(p, diags) for p in path.glob("*.yaml")):
             return "nemo2"
         return "automodel"
     return "nemo2" if _is_nemo_yaml(path, diags) else "automodel"

@@ -99,7 +99,7 @@ def render_config(targets: dict[str, TargetValue], header: list[str]) -> str:
                 tv: TargetValue = sub["__tv__"]
                 _emit_value(lines, pad, k, tv.value, comment_for(tv), indent)
             else:
-                lines.append(f"{pad}{k}:")
+                lines.append(f"{pad}{scalar(str(k))}:")
                 emit_map(sub, indent + 2)
 
     emit_map(nest(targets), 0)
@@ -117,11 +117,11 @@ def _with_comment(line: str) -> str:
 
 
 def _emit_value(lines: list[str], pad: str, key: str, v: Any, comment: str, indent: int) -> None:
-    head = f"{pad}{key}:"
+    head = f"{pad}{scalar(str(key))}:"
     if isinstance(v, dict) and v:
         lines.append(head + _COMMENT_SEP + comment)
         for k, x in v.items():
-            _emit_value(lines, pad + "  ", str(k), x, "", indent + 2) if isinstance(x, (dict, list)) else lines.append(f"{pad}  {k}: {scalar(x)}")
+            _emit_value(lines, pad + "  ", str(k), x, "", indent + 2) if isinstance(x, (dict, list)) else lines.append(f"{pad}  {scalar(str(k))}: {scalar(x)}")
         return
     if isinstance(v, list) and v and (any(isinstance(x, (dict, list)) for x in v) or len(v) > 8):
         lines.append(head + _COMMENT_SEP + comment if comment else head)
@@ -129,7 +129,7 @@ def _emit_value(lines: list[str], pad: str, key: str, v: Any, comment: str, inde
             if isinstance(x, dict) and x:
                 first = True
                 for k, y in x.items():
-                    lines.append(f"{pad}  {'- ' if first else '  '}{k}: {_flow(y)}")
+                    lines.append(f"{pad}  {'- ' if first else '  '}{scalar(str(k))}: {_flow(y)}")
                     first = False
             else:
                 lines.append(f"{pad}  - {_flow(x)}")
@@ -259,6 +259,30 @@ def render_run_sh(ctx: dict[str, Any]) -> str:
     ctx = dict(ctx)
     ctx["env"] = [(k, v) for k, v in ctx.get("env", []) if _ENV_NAME.match(k)]
     return _env().get_template("run.sh.j2").render(**ctx)
+
+
+_SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.:,=+/@%-]+$")
+_SBATCH_FLAG = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def sbatch_problems(slurm: dict[str, Any]) -> list[str]:
+    """#SBATCH directives that cannot be written safely (sbatch reads them unquoted; a newline would become a command)."""
+    bad = []
+    for flag, value in slurm.get("sbatch", []):
+        if not _SBATCH_FLAG.match(flag) or (value is not None and not _SBATCH_VALUE.match(value)):
+            bad.append(f"--{flag}={value}" if value is not None else f"--{flag}")
+    if not _SBATCH_VALUE.match(slurm.get("job_name", "automodel")):
+        bad.append(f"--job-name={slurm.get('job_name')}")
+    return bad
+
+
+def render_sbatch_sh(ctx: dict[str, Any]) -> str:
+    ctx = dict(ctx)
+    ctx["env"] = [(k, v) for k, v in ctx.get("env", []) if _ENV_NAME.match(k)]
+    ctx["sbatch"] = [(f, v) for f, v in ctx.get("sbatch", []) if _SBATCH_FLAG.match(f) and (v is None or _SBATCH_VALUE.match(v))]
+    if not _SBATCH_VALUE.match(ctx.get("job_name", "")):
+        ctx["job_name"] = "automodel"
+    return _env().get_template("sbatch.sh.j2").render(**ctx)
 
 
 def render_report(ctx: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ def options_for(case: Path) -> Options:
             opts.sets.append(next(it))
         elif a in ("--nproc-per-node", "--nnodes"):
             setattr(opts, a[2:].replace("-", "_"), int(next(it)))
-        elif a in ("--model", "--factory"):
+        elif a in ("--model", "--factory", "--launcher"):
             setattr(opts, a[2:], next(it))
         elif a == "--source":
             opts.source = case / "input" / next(it)

@@ -82,6 +82,13 @@ class Inputs:
 
 def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None) -> Job:
     """Build the effective job or raise MigrateError (every problem found is in ``diags``)."""
+    if len(inp.yamls) == 1:
+        from .sources import nemo1
+        from .sources.yaml_source import load_yaml_file
+
+        fmt = nemo1.detect(load_yaml_file(inp.yamls[0][0], inp.yamls[0][1], Diagnostics()))
+        if fmt is not None:
+            return _resolve_nemo1(inp, fmt, diags)
     if module is None and inp.recipe is not None:
         module = parse_recipe_py(inp.recipe, inp.recipe_display or str(inp.recipe), diags)
         if module is None:
@@ -133,6 +140,8 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
         overrides.append(Override("trainer.num_nodes", "=", inp.nnodes, Provenance(kind="cli", detail=f"--nnodes {inp.nnodes}")))
     main_names = sorted(set(module.functions) | set(module.imports) | set(module.constants)) if module else []
     _apply_overrides(tree, overrides, diags, main_names)
+    if module is not None and module.executors:
+        _attach_executor(tree, module, diags)
     if diags.has_errors:
         raise MigrateError(diags)
 
@@ -150,6 +159,57 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
         inputs=[d for _, d in inp.yamls] + ([inp.recipe_display] if inp.recipe_display else []) + ([inp.launch.file] if inp.launch else []),
         model_override=inp.model,
         main_names=main_names,
+        data_dir=str(inp.job_dir) if inp.job_dir else None,
+    )
+    _check_launch(job, inp.launch, diags)
+    adjust(job, diags)
+    validate(job, diags)
+    if diags.has_errors:
+        raise MigrateError(diags)
+    return job
+
+
+def _attach_executor(tree: Node, module: RecipeModule, diags: Diagnostics) -> None:
+    """The NeMo-Run executor recipe.py launches with (the Slurm one when there are several) as the IR's `executor` node."""
+    ex = next((e for e in module.executors if e.kind == "SlurmExecutor"), module.executors[0])
+    node = Node(cls=ex.kind, prov=Provenance(kind="recipe.py", file=module.file, line=ex.line, detail=f"run.{ex.kind}(...)"))
+    for name, (value, line) in sorted(ex.kwargs.items()):
+        fs = schema.spec(ex.kind).fields.get(name) if schema.spec(ex.kind) else None
+        if fs is not None and name not in ex.unknown:
+            try:
+                value = schema.coerce(value, fs)
+            except schema.CoerceError as e:
+                diags.error("NM331", f"run.{ex.kind}({name}={value!r}): {e}", file=module.file, line=line)
+                continue
+        node.fields[name] = Knob(value=value, prov=Provenance(kind="recipe.py", file=module.file, line=line, detail=f"{ex.kind}.{name}"))
+    for name in ex.unknown:
+        if name in ("nodes", "ntasks_per_node", "gpus_per_node", "container_image", "account", "partition"):
+            diags.warning("NM332", f"run.{ex.kind}({name}=...) is computed at run time; nemo-migrate cannot read it statically",
+                          file=module.file, line=ex.kwargs.get(name, (None, ex.line))[1],
+                          hint="write the value as a literal (or a module constant / function default), or edit sbatch.sh")
+    tree.fields["executor"] = node
+
+
+def _resolve_nemo1(inp: Inputs, fmt: str, diags: Diagnostics) -> Job:
+    """A NeMo 1.0 / NeMo-Aligner config: lowered into the NeMo 2 IR (same adjustments and checks afterwards)."""
+    from .sources import nemo1
+
+    path, display = inp.yamls[0]
+    hydra = list(inp.launch.hydra) if inp.launch else []
+    if inp.launch is not None and inp.launch.overrides:
+        hydra += [(o.raw or f"{o.path}={o.value}", o.prov) for o in inp.launch.overrides]
+    hydra += [(s, Provenance(kind="cli", detail=s)) for s in inp.sets]
+    tree, fmt = nemo1.lower(path, display, hydra, diags, fmt, base=inp.job_dir)
+    for value, key, flag in ((inp.nproc_per_node, "trainer.devices", "--nproc-per-node"), (inp.nnodes, "trainer.num_nodes", "--nnodes")):
+        if value is not None:
+            schema.set_path(tree, key, Knob(value=value, prov=Provenance(kind="cli", detail=f"{flag} {value}")), diags, {})
+    label = "NeMo 1.0 SFT/PEFT config" if fmt == "nemo1" else "NeMo-Aligner SFT config"
+    job = Job(
+        label=inp.label, variant=inp.variant, tree=tree, factory=f"{label} {display}",
+        factory_prov=Provenance(kind="yaml", file=display, line=1), recipe=None,
+        launch_file=inp.launch.file if inp.launch else None, launch_line=inp.launch.line if inp.launch else None,
+        launch_env=dict(inp.launch.env) if inp.launch else {}, standalone=inp.launch.standalone if inp.launch else True,
+        inputs=[display] + ([inp.launch.file] if inp.launch else []), model_override=inp.model,
         data_dir=str(inp.job_dir) if inp.job_dir else None,
     )
     _check_launch(job, inp.launch, diags)
@@ -322,7 +382,7 @@ def _check_launch(job: Job, launch: Launch | None, diags: Diagnostics) -> None:
     if launch is None:
         return
     devices = job.knob("trainer.devices")
-    if launch.nproc_per_node is not None and devices is not None and isinstance(devices.value, int) and devices.prov.detail and not devices.prov.detail.startswith("--nproc"):
+    if launch.nproc_per_node is not None and devices is not None and isinstance(devices.value, int) and not (devices.prov.detail or "").startswith("--nproc"):
         if devices.value != launch.nproc_per_node:
             diags.warning(
                 "NM151",
@@ -458,7 +518,7 @@ def validate(job: Job, diags: Diagnostics) -> None:
                         hint=f"NeMo suggests micro_batch_size=1 and global_batch_size={gbs.value // mbs.value}", **w(mbs))
     _validate_template(t, diags)
     mcs = t.knob("model.config.seq_length")
-    if seq is not None and mcs is not None and mcs.value != seq.value:
+    if seq is not None and mcs is not None and mcs.value != seq.value and mcs.prov.kind != "nemo-default":
         diags.warning(
             "NM219",
             f"model.config.seq_length {mcs.value} ({mcs.prov}) differs from data.seq_length {seq.value} ({seq.prov}); "
@@ -474,7 +534,8 @@ def validate(job: Job, diags: Diagnostics) -> None:
 def _validate_template(t: Job, diags: Diagnostics) -> None:
     dk = t.get("data.dataset_kwargs")
     data = t.get("data")
-    if not isinstance(data, Node) or data.cls not in ("FineTuningDataModule", "SquadDataModule"):
+    if not isinstance(data, Node) or data.cls not in ("FineTuningDataModule", "SquadDataModule", "SFTFileDataModule") or \
+            schema.value(data, "chat", False):
         return
     vals: dict[str, Knob] = {}
     for name in ("prompt_template", "label_key", "truncation_field"):

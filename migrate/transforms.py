@@ -75,6 +75,7 @@ def model_info(ctx: Ctx) -> dict[str, Any]:
 
 def _norm_name(s: str) -> str:
     s = s.rstrip("/").rsplit("/", 1)[-1].lower()
+    s = re.sub(r"\.(nemo|ckpt|tar)$", "", s)
     s = re.sub(r"(_v\d+(\.\d+)*|-v\d+(\.\d+)*)$", "", s)
     s = re.sub(r"(\d)_(\d)", r"\1.\2", s)
     s = s.replace("_", "-").replace("meta-llama-", "llama-")
@@ -135,7 +136,7 @@ def model_from_restore(ctx: Ctx) -> Result | None:
     ctx.set("model.pretrained_model_name_or_path", info["id"], "resume.restore_config.path", note=f"guessed from {path}")
     ctx.diags.warning(
         "NM502",
-        f"restore path '{path}' is a local NeMo 2 checkpoint, which Automodel cannot load; "
+        f"restore path '{path}' is a local NeMo {'1.0 (.nemo)' if str(path).endswith('.nemo') else '2'} checkpoint, which Automodel cannot load; "
         f"guessed the HF model '{info['id']}' from its name (similarity {info.get('score', 0):.2f})",
         key="resume.restore_config.path",
         hint="if the checkpoint holds weights of your own, export it to HF format (see the report's pre-step) and pass --model <that directory>",
@@ -148,6 +149,11 @@ def model_from_restore(ctx: Ctx) -> Result | None:
 
 
 def _export_step(path: str) -> str:
+    if path.endswith(".nemo"):
+        out = path[: -len(".nemo")] + "-hf"
+        return ("convert the NeMo 1.0 .nemo checkpoint to Hugging Face format with NeMo's converter for its family (once, where NeMo is "
+                f"installed), e.g. for Llama:  python NeMo/scripts/checkpoint_converters/convert_llama_nemo_to_hf.py --input_name_or_path "
+                f"{path} --output_path {out}  then convert with --model {out}")
     return ("export the NeMo 2 checkpoint to Hugging Face format with NeMo (once, where NeMo is installed):  "
             f"python -c \"from nemo.collections import llm; llm.export_ckpt(path='{path}', target='hf', output_path='{path.rstrip('/')}-hf')\""
             f"  then convert with --model {path.rstrip('/')}-hf")
@@ -818,6 +824,38 @@ def _jsonl(root: str, name: str) -> str:
     return p
 
 
+def _file_arg(files: list[str]) -> Any:
+    fixed = [("./" + f if not posixpath.isabs(f) and _HUB_LIKE.match(f) else f) for f in files]
+    return fixed[0] if len(fixed) == 1 else fixed
+
+
+def _converted(path: str) -> str:
+    base, ext = posixpath.splitext(path)
+    return f"{base}.messages{ext or '.jsonl'}"
+
+
+def _chat(ctx: Ctx, train: list[str], val: list[str], src: tuple[str, ...]) -> Result:
+    ctx.set("dataset._target_", CHAT, *src)
+    ctx.set("dataset.path_or_dataset_id", _file_arg([_converted(f) for f in train]), *src)
+    if val:
+        ctx.set("validation_dataset._target_", CHAT, *src)
+        ctx.set("validation_dataset.path_or_dataset_id", _file_arg([_converted(f) for f in val]), *src)
+    for f in train + val:
+        ctx.note("pre-step", f"convert NeMo chat data to OpenAI messages: nemo-migrate convert-data {shlex_quote(f)} {shlex_quote(_converted(f))}")
+    hf_template = bool(ctx.v("data.use_hf_tokenizer_chat_template") or ctx.v("data.dataset_kwargs.use_hf_tokenizer_chat_template"))
+    return Result("approximate", "NeMo chat data (ShareGPT 'conversations' with from: User/Assistant and a top-level 'system', which "
+                  "Automodel 0.7's case-sensitive role map rejects) is converted to OpenAI 'messages' by the pre-step; "
+                  + ("both format the turns with the tokenizer's chat template" if hf_template else
+                     "NeMo wraps turns in its own special tokens (<extra_id_0/1/2>), Automodel applies the tokenizer's chat template")
+                  + "; loss on assistant turns in both")
+
+
+def shlex_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
 def dataset_source(ctx: Ctx) -> Result | None:
     data = ctx.node("data")
     cls = data.cls if data else None
@@ -830,6 +868,23 @@ def dataset_source(ctx: Ctx) -> Result | None:
         if not posixpath.isabs(root):
             return Result("exact", f"relative dataset_root {root!r}: both resolve it against the directory the job is launched from")
         return None
+    if cls == "SFTFileDataModule":
+        train = [str(x) for x in (ctx.v("data.train_files") or [])]
+        val = [str(x) for x in (ctx.v("data.validation_files") or [])]
+        if ctx.v("data.chat"):
+            return _chat(ctx, train, val, ("data.train_files", "data.validation_files", "data.chat"))
+        npy = [f for f in train + val if f.endswith(".npy")]
+        ctx.set("dataset._target_", COLUMN_MAPPED, "data._target_")
+        ctx.set("dataset.path_or_dataset_id", _file_arg(train), "data.train_files")
+        if val:
+            ctx.set("validation_dataset._target_", COLUMN_MAPPED, "data._target_")
+            ctx.set("validation_dataset.path_or_dataset_id", _file_arg(val), "data.validation_files")
+        if npy:
+            return Result("unsupported", f"pre-packed .npy files {npy} cannot be read by Automodel; point at the JSONL they were packed from "
+                          "and let packed_sequence pack them")
+        if len(train) > 1:
+            return Result("exact", f"{len(train)} training files are read as one dataset in both (sampling ratios: DAT013)")
+        return None
     if cls == "SquadDataModule":
         ctx.set("dataset._target_", SQUAD, "data._target_")
         ctx.set("dataset.dataset_name", "rajpurkar/squad", "data._target_")
@@ -841,18 +896,22 @@ def dataset_source(ctx: Ctx) -> Result | None:
                       "both prompt 'Context: ... Question: ... Answer: ' (Automodel applies a chat template when the tokenizer has one)")
     if cls == "ChatDataModule":
         root = str(ctx.v("data.dataset_root"))
-        ctx.set("dataset._target_", CHAT, "data._target_")
-        ctx.set("dataset.path_or_dataset_id", _jsonl(root, "training.jsonl"), "data.dataset_root")
-        ctx.set("validation_dataset._target_", CHAT, "data._target_")
-        ctx.set("validation_dataset.path_or_dataset_id", _jsonl(root, "validation.jsonl"), "data.dataset_root")
-        return Result("unsupported", "NeMo chat data (ShareGPT 'conversations' with NeMo's special tokens) is formatted differently "
-                      "from Automodel's ChatDataset (the tokenizer's chat template); check the data and the loss mask")
+        return _chat(ctx, [_jsonl(root, "training.jsonl")], [_jsonl(root, "validation.jsonl")], ("data._target_", "data.dataset_root"))
     return Result("unsupported", f"data module {cls} has no mapping")
+
+
+def sampling_probabilities(ctx: Ctx) -> Result | None:
+    probs = ctx.v("data.concat_sampling_probabilities")
+    files = ctx.v("data.train_files") or []
+    if not probs or len(files) <= 1:
+        return None
+    return Result("approximate", f"NeMo samples the {len(files)} files with probabilities {probs} (a blended dataset); Automodel concatenates "
+                  "them, so each file weighs by its size: the mix matches only if the probabilities are proportional to the file sizes")
 
 
 def column_mapping(ctx: Ctx) -> Result | None:
     data = ctx.node("data")
-    if data is None or data.cls not in ("FineTuningDataModule",):
+    if data is None or data.cls not in ("FineTuningDataModule", "SFTFileDataModule") or ctx.v("data.chat"):
         return Result("dropped", "no column mapping for this data module")
     tmpl = ctx.v("data.dataset_kwargs.prompt_template", "{input} {output}")
     label = ctx.v("data.dataset_kwargs.label_key", "output")
@@ -935,13 +994,18 @@ def seed(ctx: Ctx) -> Result | None:
 
 
 def loader_workers(ctx: Ctx) -> Result | None:
-    ctx.set("dataloader.shuffle", True, note="NeMo's sample mapping is shuffled")
+    shuffle = ctx.v("data.shuffle", True) is not False
+    ctx.set("dataloader.shuffle", shuffle, "data.shuffle", note="NeMo's sample mapping is shuffled" if shuffle else None)
     for k in ("num_workers", "pin_memory", "persistent_workers"):
         v = ctx.v(f"data.{k}")
         if v is not None:
             if k == "persistent_workers" and not ctx.v("data.num_workers"):
                 continue
             ctx.set(f"dataloader.{k}", v, f"data.{k}")
+    if not shuffle:
+        return Result("approximate", "shuffle=False: Automodel reads the files in order too, but NeMo also up-samples the data to fill the steps")
+    if ctx.v("data.drop_last", True) is False:
+        return Result("approximate", "drop_last=False: Automodel's sampler always drops the last partial batch")
     return None
 
 
@@ -1040,4 +1104,179 @@ def cadence_flags(ctx: Ctx) -> Result | None:
 def dist_env(ctx: Ctx) -> Result | None:
     ctx.set("dist_env.backend", "nccl")
     ctx.set("dist_env.timeout_minutes", 30)
+    return None
+
+
+def answer_only_loss(ctx: Ctx) -> Result | None:
+    kn = ctx.k("data.dataset_kwargs.answer_only_loss")
+    if kn is None:
+        return None  # no dataset_kwargs: the dataset's own default (answer-only) applies
+    on = bool(kn.value)
+    if ctx.targets.get("dataset._target_") is not None and ctx.targets["dataset._target_"].value == CHAT:
+        # ChatDataset has no switch: its chat template marks the assistant turns and only those are trained on
+        if not on:
+            return Result("unsupported", "answer_only_loss=False: Automodel's ChatDataset always masks everything but the assistant turns")
+        return Result("exact", "ChatDataset trains on the assistant turns only, as NeMo's chat answer_only_loss")
+    ctx.set("dataset.answer_only_loss_mask", on, "data.dataset_kwargs.answer_only_loss")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- NeMo-Run executors
+
+def _static(value: Any) -> bool:
+    """False for an executor argument recipe.py computes at run time (kept as '<source text>')."""
+    return not (isinstance(value, str) and value.startswith("<") and value.endswith(">"))
+
+
+def _slurm(ctx: Ctx) -> dict[str, Any]:
+    return ctx.cache.setdefault("slurm", {"sbatch": [], "env": [], "mounts": [], "srun_args": [], "image": None})
+
+
+def executor_size(ctx: Ctx) -> Result | None:
+    """Nodes and processes per node: the trainer decides (it sized the parallel plan); the executor must agree."""
+    kind = ctx.v("executor._target_")
+    devices, num_nodes = int(ctx.v("trainer.devices", 1)), int(ctx.v("trainer.num_nodes", 1))
+    ntasks = ctx.v("executor.ntasks_per_node", 1)
+    nodes = ctx.v("executor.nodes", 1) if kind == "SlurmExecutor" else 1
+    launcher = ctx.v("executor.launcher")
+    odd = []
+    if _static(ntasks) and ntasks != devices:
+        odd.append(f"{ntasks} processes per node (ntasks_per_node) but trainer.devices={devices}")
+    if _static(nodes) and nodes != num_nodes:
+        odd.append(f"{nodes} nodes but trainer.num_nodes={num_nodes}")
+    if launcher not in (None, "torchrun", "ft") and _static(launcher):
+        odd.append(f"launcher={launcher!r} (the migrated job is started by torchrun)")
+    if kind != "SlurmExecutor":
+        ctx.written.append("run.sh")
+        if odd:
+            return Result("approximate", f"run.{kind}: {'; '.join(odd)}; run.sh follows the trainer (Lightning refuses a mismatch)")
+        return None
+    sl = _slurm(ctx)
+    gpus = ctx.v("executor.gpus_per_node")
+    sl.update(nodes=num_nodes, nproc_per_node=devices, gpus_per_node=gpus if isinstance(gpus, int) else devices)
+    cpus = ctx.v("executor.cpus_per_task")
+    if isinstance(cpus, int):
+        sl["sbatch"].append(("cpus-per-task", str(cpus)))
+    ctx.written.append("sbatch.sh")
+    if odd:
+        return Result("approximate", f"run.SlurmExecutor: {'; '.join(odd)}; sbatch.sh follows the trainer, since Lightning refuses a mismatch")
+    return None
+
+
+def executor_container(ctx: Ctx) -> Result | None:
+    image = ctx.v("executor.container_image")
+    if ctx.v("executor._target_") != "SlurmExecutor" or not image:
+        return Result("dropped", "no container image")
+    if not _static(image):
+        return Result("unsupported", f"container_image is computed at run time ({image}); set CONTAINER_IMAGE for sbatch.sh")
+    _slurm(ctx)["image"] = image
+    ctx.written.append("sbatch.sh")
+    ctx.note("warning", f"sbatch.sh keeps the container image {image}: it must provide nemo_automodel 0.7 (NeMo 2 framework images do not); "
+                        "override with CONTAINER_IMAGE=... sbatch sbatch.sh")
+    return None
+
+
+_SBATCH_FIELDS = {"account": "account", "partition": "partition", "time": "time", "mem": "mem", "gres": "gres", "network": "network"}
+
+
+def executor_slurm_options(ctx: Ctx) -> Result | None:
+    kind = ctx.v("executor._target_")
+    env = ctx.v("executor.env_vars")
+    env_items = sorted(env.items()) if isinstance(env, dict) else []
+    skipped = [f"env_vars.{k}" for k, v in env_items if not _static(v)]
+    env_items = [(k, str(v)) for k, v in env_items if _static(v)]
+    if kind != "SlurmExecutor":
+        ctx.cache.setdefault("env", []).extend(env_items)
+        ctx.written.append("run.sh")
+        return Result("unsupported", f"computed at run time: {', '.join(skipped)}") if skipped else None
+    sl = _slurm(ctx)
+    sl["env"].extend(env_items)
+    for key, flag in _SBATCH_FIELDS.items():
+        v = ctx.v(f"executor.{key}")
+        if v in (None, ""):
+            continue
+        if not _static(v):
+            skipped.append(key)
+            continue
+        sl[key] = v
+        sl["sbatch"].append((flag, str(v)))
+    if ctx.v("executor.exclusive"):
+        sl["sbatch"].append(("exclusive", None))
+    prefix = ctx.v("executor.job_name_prefix")
+    name = ctx.v("log.name") or "automodel"
+    sl["job_name"] = f"{prefix if prefix and _static(prefix) else ''}{name}"
+    extra = ctx.v("executor.additional_parameters") or {}
+    if isinstance(extra, dict):
+        for k, v in sorted(extra.items()):
+            if _static(v):
+                sl["sbatch"].append((str(k).replace("_", "-"), None if v is True else str(v)))
+            else:
+                skipped.append(f"additional_parameters.{k}")
+    for key, dest in (("container_mounts", "mounts"), ("srun_args", "srun_args")):
+        v = ctx.v(f"executor.{key}") or []
+        if isinstance(v, list) and all(_static(x) for x in v):
+            sl[dest].extend(str(x) for x in v)
+        elif v:
+            skipped.append(key)
+    ctx.written.append("sbatch.sh")
+    if skipped:
+        return Result("unsupported", f"computed at run time, so not in sbatch.sh: {', '.join(skipped)}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- NeMo 1.0 / Aligner settings
+
+def early_stopping(ctx: Ctx) -> Result | None:
+    if ctx.v("nemo1.exp_manager.create_early_stopping_callback"):
+        patience = ctx.v("nemo1.exp_manager.early_stopping_callback_params.patience")
+        return Result("unsupported", f"early stopping on val_loss (patience {patience}): Automodel 0.7 has none, so training runs to max_steps")
+    return None
+
+
+def amp_o2(ctx: Ctx) -> Result | None:
+    if ctx.v("nemo1.model.megatron_amp_O2"):
+        return Result("exact", "megatron_amp_O2: half-precision weights with fp32 master copies in the optimizer (see OPT007 for the master copies)")
+    return None
+
+
+def nemo1_model_misc(ctx: Ctx) -> Result | None:
+    if ctx.v("nemo1.model.fsdp"):
+        return Result("exact", "NeMo 1.0 torch FSDP and Automodel's FSDP2 shard the same model; the math is unchanged")
+    return None
+
+
+def unused_peft_settings(ctx: Ctx) -> Result | None:
+    if ctx.v("nemo1.model.peft.lora_tuning.weight_tying"):
+        return Result("unsupported", "LoRA weight tying across layers has no Automodel equivalent")
+    if ctx.v("nemo1.model.peft.lora_tuning.variant") == "canonical":
+        return Result("exact", "variant canonical: separate q/k/v and gate/up adapters (CanonicalLoRA)")
+    return None
+
+
+_MIRRORED = {"label_key": "data.dataset_kwargs.label_key", "prompt_template": "data.dataset_kwargs.prompt_template",
+             "truncation_field": "data.dataset_kwargs.truncation_field", "add_eos": "data.dataset_kwargs.add_eos",
+             "add_bos": "data.dataset_kwargs.add_bos", "add_sep": "data.dataset_kwargs.add_sep", "max_seq_length": "data.seq_length"}
+
+
+def validation_mirror(ctx: Ctx) -> Result | None:
+    for key, train_path in _MIRRORED.items():
+        v = ctx.v(f"nemo1.model.data.validation_ds.{key}")
+        if v is not None and v != ctx.v(train_path):
+            return Result("unsupported", f"validation_ds.{key}={v!r} differs from the training setting {ctx.v(train_path)!r}; "
+                          "Automodel formats validation data like the training data")
+    metric = ctx.v("nemo1.model.data.validation_ds.metric.name")
+    if metric not in (None, "loss"):
+        return Result("unsupported", f"validation metric {metric!r}: Automodel validates with the loss only")
+    return None
+
+
+def test_ds(ctx: Ctx) -> Result | None:
+    if ctx.v("nemo1.model.data.test_ds.file_names"):
+        return Result("unsupported", "test files are evaluated after training by the NeMo 1.0 script; Automodel has no test pass")
+    return None
+
+
+def chat_tokens(ctx: Ctx) -> Result | None:
+    if ctx.v("data.chat"):
+        return Result("approximate", "NeMo's chat prompt tokens are replaced by the tokenizer's chat template (see DAT001)")
     return None

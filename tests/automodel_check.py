@@ -414,14 +414,14 @@ def tiny_model_family(model_id: str) -> tuple[str, str, str]:
     return _DEFAULT_FAMILY
 
 
-def build_tiny_model(model_id: str = "") -> nn.Module:
+def build_tiny_model(model_id: str = "", layers: int | None = None) -> nn.Module:
     """A randomly initialised tiny HF causal LM of the config's model family (no download)."""
     import transformers
 
     _, conf_name, model_name = tiny_model_family(model_id)
     conf_cls = getattr(transformers, conf_name)
     model_cls = getattr(transformers, model_name)
-    config = conf_cls(**TINY_DIMS)
+    config = conf_cls(**(TINY_DIMS | ({"num_hidden_layers": layers} if layers else {})))
     config.architectures = [model_name]
     torch.manual_seed(0)
     return model_cls(config)
@@ -461,10 +461,13 @@ def _check_peft(report: CheckReport, cfg: ConfigNode, tp_size: int):
 
     targets = [str(p) for p in _as_list(peft_cfg.target_modules)]
 
+    # enough layers for every layer a pattern names (NeMo's layer_selection becomes '*.layers.N.*' patterns)
+    named = [int(m) for p in targets for m in re.findall(r"layers\.(\d+)\.", p)]
+    layers = min(max(named) + 1, 64) if named and max(named) + 1 > TINY_DIMS["num_hidden_layers"] else None
     base = model = None
     with _stage(report, stage, f"building a tiny {family} model"):
-        base = build_tiny_model(model_id)
-        model = build_tiny_model(model_id)
+        base = build_tiny_model(model_id, layers)
+        model = build_tiny_model(model_id, layers)
     if base is None or model is None:
         return None, []
 

@@ -35,6 +35,10 @@ def _lookup(tree, path):
 
 
 def run_case(case):
+    if case.get("factory") in ("nemo1", "aligner"):  # a NeMo 1.0 / NeMo-Aligner job; `set` entries are Hydra overrides
+        return convert(Options(source=FIX / f"{case['factory']}.yaml", sets=list(case.get("set", []))))
+    if case.get("factory") in ("slurm", "slurm-extra"):  # recipe.py that launches on a NeMo-Run SlurmExecutor
+        return convert(Options(source=FIX / f"{case['factory'].replace('-', '_')}.py", sets=list(case.get("set", []))))
     opts = Options(source=FIX / "config.yaml", recipe=FIX / "recipe.py", factory=case.get("factory"), sets=list(case.get("set", [])))
     return convert(opts)
 
@@ -70,6 +74,11 @@ def test_rule_row(row):
     v = conv.variants[0]
     tree = _tree(v.targets)
     for path, want in (case.get("expect") or {}).items():
+        if path.startswith("launch.slurm."):  # what goes into sbatch.sh rather than the config
+            got = (v.slurm or {}).get(path.removeprefix("launch.slurm."), _MISSING)
+            assert got == want, f"{row.id}: {path} = {got!r}, expected {want!r}"
+            assert "sbatch.sh" in conv.files
+            continue
         got = _lookup(tree, path)
         if want is None:
             assert got is _MISSING or got is None, f"{row.id}: {path} should be absent/null, got {got!r}"

@@ -51,6 +51,9 @@ class Launch:
     overrides: list[Override] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     verbose: bool = False
+    hydra: list[tuple[str, Provenance]] = field(default_factory=list)  # NeMo 1.0 / Aligner scripts: Hydra overrides
+    config_path: str | None = None
+    config_name: str | None = None
 
     def yaml_pattern(self) -> str | None:
         """``config-${1}.yaml`` -> ``config-{}.yaml`` (None when there is no positional parameter)."""
@@ -179,6 +182,9 @@ def _parse_command(l: Launch, rest: list[str], lineno: int, diags: Diagnostics) 
     l.script = rest[i]
     i += 1
     args = rest[i:]
+    if Path(l.script).name in HYDRA_SCRIPTS or any(a.startswith(("--config-path", "--config-name", "-cp", "-cn")) for a in args):
+        _parse_hydra(l, args, lineno, diags)
+        return
     j = 0
     while j < len(args):
         tok = args[j]
@@ -213,6 +219,37 @@ def _parse_command(l: Launch, rest: list[str], lineno: int, diags: Diagnostics) 
         ov = parse_override(tok, prov, diags)
         if ov is not None:
             l.overrides.append(ov)
+        j += 1
+
+
+HYDRA_SCRIPTS = {"megatron_gpt_finetuning.py", "megatron_gpt_sft.py", "train_gpt_sft.py", "megatron_gpt_peft_tuning.py"}
+
+
+def _parse_hydra(l: Launch, args: list[str], lineno: int, diags: Diagnostics) -> None:
+    """A NeMo 1.0 / NeMo-Aligner (Hydra) command line: --config-path/--config-name and key=value overrides."""
+    where = {"file": l.file, "line": lineno}
+    j = 0
+    while j < len(args):
+        tok = args[j]
+        name, eq, val = tok.partition("=")
+        if name in ("--config-path", "-cp", "--config-name", "-cn"):
+            if not eq:
+                if j + 1 >= len(args):
+                    diags.error("NM137", f"{name} needs a value", **where)
+                    return
+                val = args[j + 1]
+                j += 1
+            if name in ("--config-path", "-cp"):
+                l.config_path = val
+            else:
+                l.config_name = val
+            j += 1
+            continue
+        if tok.startswith("-") and not tok.startswith("--config"):
+            diags.warning("NM139", f"Hydra option {tok} is not understood by this compiler; ignored", **where)
+            j += 1
+            continue
+        l.hydra.append((tok, Provenance(kind="cli", file=l.file, line=lineno, detail=tok)))
         j += 1
 
 

@@ -35,6 +35,8 @@ _RUN_CONFIG = {"nemo_run.Config", "nemo_run.config.Config", "nemo_run.api.Config
 _RUN_PARTIAL = {"nemo_run.Partial", "nemo_run.config.Partial", "nemo_run.api.Partial", "fiddle.Partial"}
 _RUN_MAIN = {"nemo_run.cli.main", "nemo_run.cli.api.main"}
 _RUN_FACTORY_DECOR = {"nemo_run.cli.factory", "nemo_run.cli.api.factory", "nemo_run.autoconvert"}
+_EXECUTORS = {"SlurmExecutor": "SlurmExecutor", "LocalExecutor": "LocalExecutor"}
+_RUN_RUN = {"nemo_run.run", "nemo_run.run.run", "nemo_run.api.run"}
 _RECIPE_CALL = re.compile(r"(?:^|\.)(\w+)\.finetune_recipe$")
 _ENV_READS = {"os.environ.get", "os.getenv", "os.environ.__getitem__"}
 
@@ -62,6 +64,16 @@ class FactoryDef:
 
 
 @dataclass
+class Executor:
+    """A NeMo-Run executor found in recipe.py: its class and statically known keyword arguments (value, line)."""
+
+    kind: str  # SlurmExecutor | LocalExecutor
+    line: int
+    kwargs: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)  # arguments whose value is not static
+
+
+@dataclass
 class RecipeModule:
     file: str
     tree: ast.Module
@@ -70,6 +82,7 @@ class RecipeModule:
     constants: dict[str, tuple[Any, int]] = field(default_factory=dict)
     default_factory: tuple[str, int] | None = None
     registered: dict[str, str] = field(default_factory=dict)
+    executors: list[Executor] = field(default_factory=list)
 
     def factory_names(self) -> list[str]:
         return sorted(set(self.functions) | set(self.registered))
@@ -127,6 +140,7 @@ def parse_recipe_py(path: Path, display: str, diags: Diagnostics) -> RecipeModul
                     mod.constants[targets[0].id] = (evaluate(st.value, lambda n, node: _const_lookup(mod, n, node)), st.lineno)
                 except NotStatic:
                     pass
+    _collect_executors(mod, tree, diags)
     # run.cli.main(llm.finetune, default_factory=...) anywhere in the module
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -138,7 +152,68 @@ def parse_recipe_py(path: Path, display: str, diags: Diagnostics) -> RecipeModul
                             mod.default_factory = (kw.value.id, kw.value.lineno)
                         else:
                             diags.warning("NM302", "default_factory is not a plain function name; pass --factory", **_where(display, kw.value))
+    if mod.default_factory is None:
+        mod.default_factory = _factory_from_run_calls(mod, tree)
     return mod
+
+
+def _factory_from_run_calls(mod: RecipeModule, tree: ast.Module) -> tuple[str, int] | None:
+    """`run.run(my_recipe(), executor=...)` / `exp.add(recipe, ...)` with `recipe = my_recipe()`: the factory they run."""
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Call):
+            fn = _dotted(node.value.func)
+            if fn in mod.functions:
+                bound[node.targets[0].id] = fn
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        dn = _dotted(node.func) or ""
+        full = _resolve_import(dn, mod.imports) or ""
+        if full in _RUN_RUN or dn.endswith(".add") and any(k.arg == "executor" for k in node.keywords):
+            a = node.args[0]
+            if isinstance(a, ast.Call) and _dotted(a.func) in mod.functions:
+                return _dotted(a.func), node.lineno  # type: ignore[return-value]
+            if isinstance(a, ast.Name) and a.id in bound:
+                return bound[a.id], node.lineno
+    return None
+
+
+def _collect_executors(mod: RecipeModule, tree: ast.Module, diags: Diagnostics) -> None:
+    parents: dict[int, ast.FunctionDef] = {}
+    for fn in mod.functions.values():
+        for n in ast.walk(fn):
+            parents.setdefault(id(n), fn)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        full = _resolve_import(_dotted(node.func), mod.imports) or ""
+        leaf = full.rsplit(".", 1)[-1]
+        if leaf not in _EXECUTORS or not (full.startswith("nemo_run") or full == leaf):
+            continue
+        env: dict[str, Any] = {k: v for k, (v, _) in mod.constants.items()}
+        fn = parents.get(id(node))
+        if fn is not None:
+            names = [a.arg for a in fn.args.args]
+            for n, d in zip(names[len(names) - len(fn.args.defaults):], fn.args.defaults):
+                try:
+                    env[n] = evaluate(d, env)
+                except NotStatic:
+                    pass
+        ex = Executor(_EXECUTORS[leaf], node.lineno)
+        for kw in node.keywords:
+            if kw.arg is None:
+                ex.unknown.append("**kwargs")
+                continue
+            try:
+                ex.kwargs[kw.arg] = (evaluate(kw.value, env), kw.value.lineno)
+            except NotStatic:  # kept as its source text, so the report can still name it
+                ex.kwargs[kw.arg] = (f"<{ast.unparse(kw.value)[:120]}>", kw.value.lineno)
+                ex.unknown.append(kw.arg)
+        mod.executors.append(ex)
+    if len({e.kind for e in mod.executors}) > 1:
+        diags.note("NM330", f"recipe.py defines several executors ({', '.join(e.kind for e in mod.executors)}); the Slurm one is migrated",
+                   file=mod.file)
 
 
 def _const_lookup(mod: RecipeModule, name: str, node: ast.AST) -> Any:

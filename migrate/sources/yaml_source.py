@@ -149,17 +149,21 @@ class _Builder:
 
     def pairs(self, node: Any) -> list[tuple[str, Any]]:
         """Key/value node pairs of a mapping; merge keys (<<) are expanded, duplicate keys are errors."""
-        out: list[tuple[str, Any]] = []
+        return [(k, v) for k, _, v in self.pairs3(node)]
+
+    def pairs3(self, node: Any) -> list[tuple[str, Any, Any]]:
+        """(key, key node, value node) of a mapping; merge keys (<<) are expanded, duplicate keys are errors."""
+        out: list[tuple[str, Any, Any]] = []
         seen: dict[str, int | None] = {}
         for knode, vnode in node.value:
             self._tick(knode)
             if knode.tag == _STD + "merge":
                 merged = vnode.value if isinstance(vnode.value, list) and vnode.value and not isinstance(vnode.value[0], tuple) else [vnode]
                 for m in merged:
-                    for k, v in self.pairs(m):
+                    for k, kn, v in self.pairs3(m):
                         if k not in seen:
                             seen[k] = None
-                            out.append((k, v))
+                            out.append((k, kn, v))
                 continue
             key = self.scalar(knode) if not hasattr(knode.value, "__iter__") or isinstance(knode.value, str) else None
             if not isinstance(key, str):
@@ -169,7 +173,7 @@ class _Builder:
                 line, col = _mark(knode)
                 raise YamlError(f"found duplicate key {key!r} (first at line {seen[key]}); NeMo-Run would keep the last one silently", line, col)
             seen[key] = _mark(knode)[0]
-            out.append((key, vnode))
+            out.append((key, knode, vnode))
         return out
 
 
