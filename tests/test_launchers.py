@@ -115,3 +115,28 @@ def test_executor_size_mismatch_follows_the_trainer(tmp_path):
     assert v.slurm["nodes"] == 2
     lch = [o for o in v.outcomes if o.rule == "LCH002"]
     assert {o.status for o in lch} == {"approximate"} and "4 nodes but trainer.num_nodes=2" in lch[0].reason
+
+
+def test_local_executor_in_an_experiment_feeds_run_sh(tmp_path):
+    (tmp_path / "recipe.py").write_text('''
+import nemo_run as run
+from nemo.collections import llm
+
+
+def job() -> run.Partial:
+    recipe = llm.llama3_8b.finetune_recipe(dir="/results", name="exp", num_nodes=1, num_gpus_per_node=2, peft_scheme="lora")
+    recipe.trainer.max_steps = 10
+    return recipe
+
+
+if __name__ == "__main__":
+    executor = run.LocalExecutor(ntasks_per_node=2, launcher="torchrun", env_vars={"NCCL_P2P_DISABLE": "1"})
+    with run.Experiment("exp") as exp:
+        exp.add(job(), executor=executor, name="exp")
+        exp.run(sequential=True)
+''')
+    conv = convert(Options(source=tmp_path / "recipe.py"))
+    assert "sbatch.sh" not in conv.files
+    text = conv.files["run.sh"]
+    assert "export NCCL_P2P_DISABLE=1" in text and "nproc=2" in text
+    assert {o.status for o in conv.variants[0].outcomes if o.path.startswith("executor.")} == {"exact"}
