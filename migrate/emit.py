@@ -173,7 +173,7 @@ def scalar(v: Any) -> str:
     s = str(v)
     if _PLAIN.fullmatch(s) and s.lower() not in _YAML11_SPECIAL:
         return s
-    if all(c.isprintable() for c in s):
+    if s.isprintable():
         return "'" + s.replace("'", "''") + "'"
     return _double_quoted(s)
 

@@ -113,6 +113,31 @@ Knob.model_rebuild()
 Node.model_rebuild()
 
 
+def find_cycle(root: Node) -> tuple[str, Provenance] | None:
+    """A path at which the tree contains one of its own ancestors (``recipe.data = recipe``), or None.
+
+    Iterative, so that it is safe on any input; everything else that walks the tree may assume no cycle."""
+    stack: list[tuple[Any, str, frozenset[int], Provenance]] = [(root, "", frozenset(), root.prov)]
+    while stack:
+        obj, path, above, prov = stack.pop()
+        if isinstance(obj, Node):
+            if id(obj) in above:
+                return path or "<root>", prov
+            inner = above | {id(obj)}
+            for name, child in obj.fields.items():
+                sub = f"{path}.{name}" if path else name
+                stack.append((child, sub, inner, child.prov if isinstance(child, (Node, Knob)) else prov))
+        elif isinstance(obj, Knob):
+            stack.append((obj.value, path, above, obj.prov))
+        elif isinstance(obj, (list, tuple)):
+            for i, x in enumerate(obj):
+                stack.append((x, f"{path}[{i}]", above, prov))
+        elif isinstance(obj, dict):
+            for k, x in obj.items():
+                stack.append((x, f"{path}.{k}", above, prov))
+    return None
+
+
 def leaf_knobs(root: Node) -> dict[str, Knob]:
     """Every leaf of the tree as ``dotted.path -> Knob`` in tree order."""
     return {p: k for p, k in root.walk() if isinstance(k, Knob)}

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import knowledge, recipes, schema
 from .diagnostics import Diagnostics, MigrateError, did_you_mean
-from .ir import Knob, Node, Provenance
+from .ir import Knob, Node, Provenance, find_cycle
 from .sources.launch import Launch
 from .sources.overrides import parse_override
 from .sources.recipe_py import FactoryInterpreter, RecipeModule, parse_recipe_py
@@ -140,6 +140,11 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
         overrides.append(Override("trainer.num_nodes", "=", inp.nnodes, Provenance(kind="cli", detail=f"--nnodes {inp.nnodes}")))
     main_names = sorted(set(module.functions) | set(module.imports) | set(module.constants)) if module else []
     _apply_overrides(tree, overrides, diags, main_names)
+    cyc = find_cycle(tree)
+    if cyc is not None:
+        diags.error("NM226", f"'{cyc[0]}' contains the object it belongs to (a job cannot contain itself)", key=cyc[0], **cyc[1].where(),
+                    hint="assign a new run.Config(...) there instead of the recipe or one of its parents")
+        raise MigrateError(diags)
     if module is not None and module.executors:
         _attach_executor(tree, module, diags)
     if diags.has_errors:
@@ -458,7 +463,13 @@ def validate(job: Job, diags: Diagnostics) -> None:
 
     def k(path: str) -> Knob:
         v = t.knob(path)
-        assert v is not None, path
+        if v is None:  # e.g. data replaced by something that is not a data module
+            parent = t.get(path.rsplit(".", 1)[0])
+            what = f"{parent.cls}" if isinstance(parent, Node) else type(getattr(parent, "value", parent)).__name__
+            diags.error("NM225", f"'{path}' is missing: {path.rsplit('.', 1)[0]} is a {what}, which has no '{path.rsplit('.', 1)[1]}'",
+                        key=path, hint="data must be a NeMo data module (llm.FineTuningDataModule, llm.SquadDataModule, ...)",
+                        **(parent.prov.where() if isinstance(parent, (Node, Knob)) else {}))
+            raise MigrateError(diags)
         return v
 
     def w(*knobs: Knob) -> dict:
@@ -517,6 +528,10 @@ def validate(job: Job, diags: Diagnostics) -> None:
             diags.error("NM218", f"packed sequences require micro_batch_size 1, found {mbs.value} ({mbs.prov})",
                         hint=f"NeMo suggests micro_batch_size=1 and global_batch_size={gbs.value // mbs.value}", **w(mbs))
     _validate_template(t, diags)
+    tm = t.knob("peft.target_modules")
+    if tm is not None and not (isinstance(tm.value, list) and all(isinstance(x, str) for x in tm.value)):
+        diags.error("NM227", f"peft.target_modules must be a list of module names, found {tm.value!r} ({tm.prov})", key="peft.target_modules",
+                    hint="e.g. ['linear_qkv', 'linear_proj', 'linear_fc1', 'linear_fc2']", **w(tm))
     mcs = t.knob("model.config.seq_length")
     if seq is not None and mcs is not None and mcs.value != seq.value and mcs.prov.kind != "nemo-default":
         diags.warning(

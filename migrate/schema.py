@@ -388,13 +388,16 @@ def set_path(
         value = new.value
         if op != "=":
             old = cur.fields.get(leaf) or default_knob(cur, leaf)
+            if isinstance(old, Node):
+                diags.error(f"{code_prefix}206", f"cannot apply '{op}' to '{path}': it is a {old.cls} object, not a number or list", key=path, **where)
+                return False
             if old is None or old.value is None:
                 diags.error(f"{code_prefix}206", f"'{path}{op}...' needs an existing value", key=path, **where)
                 return False
             try:
                 rhs = coerce(value, fs)
                 value = {"+=": lambda a, b: a + b, "-=": lambda a, b: a - b, "*=": lambda a, b: a * b, "/=": lambda a, b: a / b}[op](old.value, rhs)
-            except (KeyError, TypeError, CoerceError) as e:
+            except (KeyError, TypeError, ArithmeticError, ValueError, CoerceError) as e:
                 diags.error(f"{code_prefix}206", f"cannot apply '{op}' to '{path}': {e}", key=path, **where)
                 return False
         try:

@@ -549,6 +549,7 @@ def translate_targets(ctx: Ctx, targets: list[str]) -> tuple[list[str], list[str
     fmap = _family_map(ctx)
     seg = knowledge.modules()["segments"]
     out: list[str] = []
+    seen: set[str] = set()
     shared: list[str] = []
     bad: list[str] = []
     parents: dict[str, set[str]] = {}
@@ -576,7 +577,8 @@ def translate_targets(ctx: Ctx, targets: list[str]) -> tuple[list[str], list[str
                     pat = "*" + pat if pat.startswith(".") else "*." + pat if not pat.startswith("model.") else pat
             else:
                 pat = "*." + name
-            if pat not in out:
+            if pat not in seen:
+                seen.add(pat)
                 out.append(pat)
     return out, shared, bad
 

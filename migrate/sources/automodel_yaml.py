@@ -161,6 +161,23 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
         for k in ("dp_size", "dp_replicate_size", "tp_size", "cp_size", "pp_size", "ep_size"):
             if k in dist and dist[k] is None and k != "dp_size":
                 pass
+    for sect in list(v):  # a section that is not a mapping cannot be read at all
+        if sect in schema["sections"] or sect in ("model", "optimizer", "loss_fn", "dataset", "validation_dataset", "dataloader"):
+            if not isinstance(v[sect], dict):
+                cfg.rejected[sect] = "not a mapping"
+                f.error(f"{FIND}220", f"section '{sect}' must be a mapping of keys, found {_short(v[sect])}", key=sect, **cfg.where(sect))
+                del v[sect]
+    for path, want in (schema.get("types") or {}).items():
+        got = cfg.get(path, _MISSING)
+        if got is _MISSING or _type_ok(got, want):
+            continue
+        parent, _, leaf = path.rpartition(".")
+        cfg.rejected[path] = f"expects {want}"
+        f.error(f"{FIND}221", f"'{path}' expects {want.lstrip('?')}{' or null' if want.startswith('?') else ''}, found {_short(got)}", key=path,
+                **cfg.where(path))
+        holder = cfg.get(parent) if parent else v
+        if isinstance(holder, dict):
+            del holder[leaf]  # reason with Automodel's default from here on
     model = v.get("model")
     if isinstance(model, dict):
         if "torch_dtype" in model and "dtype" not in model:
@@ -225,6 +242,27 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
                 f.warning(f"{FIND}214", f"{sect}.path_or_dataset_id {p!r} looks like a Hub id: unless it exists locally, Automodel "
                           "downloads it from the Hub", key=f"{sect}.path_or_dataset_id", hint=f"write ./{p} for a local file",
                           **cfg.where(f"{sect}.path_or_dataset_id"))
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _type_ok(v: Any, want: str) -> bool:
+    if want.startswith("?"):
+        if v is None:
+            return True
+        want = want[1:]
+    if want == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if want == "number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    if want == "list[number]":
+        return isinstance(v, list) and all(_type_ok(x, "number") for x in v)
+    if want == "str":
+        return isinstance(v, str)
+    return True
 
 
 _DATASET_FIELDS = {

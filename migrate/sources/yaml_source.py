@@ -177,8 +177,71 @@ class _Builder:
         return out
 
 
+_RESOLVER: Any = None
+
+
+def _resolver_class() -> Any:
+    """ruamel's YAML 1.1 resolver with its per-scalar overhead removed (version lookup, list rebuilding): same tags."""
+    global _RESOLVER
+    if _RESOLVER is not None:
+        return _RESOLVER
+    from ruamel.yaml.nodes import ScalarNode, SequenceNode
+    from ruamel.yaml.resolver import VersionedResolver
+    from ruamel.yaml.tag import Tag
+
+    class Resolver11(VersionedResolver):
+        _by_first: dict | None = None
+        _any: tuple = ()
+
+        @property
+        def processing_version(self) -> Any:
+            return (1, 1)
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is ScalarNode:
+                if not implicit[0]:
+                    return self.DEFAULT_SCALAR_TAG
+                table = self._by_first
+                if table is None:
+                    vr = self.versioned_resolver
+                    self._any = tuple(vr.get(None, ()))
+                    table = self._by_first = {k: tuple(v) + self._any for k, v in vr.items() if k is not None}
+                for suffix, regexp in table.get(value[0] if value else "", self._any):
+                    if regexp.match(value):
+                        return Tag(suffix=suffix)
+                return self.DEFAULT_SCALAR_TAG
+            return self.DEFAULT_SEQUENCE_TAG if kind is SequenceNode else self.DEFAULT_MAPPING_TAG
+
+    _RESOLVER = Resolver11
+    return _RESOLVER
+
+
+_COMPOSED: dict[tuple, Any] = {}
+
+
 def compose_file(path: Path, display: str, diags: Diagnostics, code: str = "NM101") -> Any:
-    """Parse YAML into its node graph (line/column marks kept); problems become diagnostics. None on failure."""
+    """Parse YAML into its node graph (line/column marks kept); problems become diagnostics. None on failure.
+
+    The graph of a file is kept for the process (keyed by path, size and mtime): a job's YAML is read by detection,
+    the front end and diff, and is never modified."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _COMPOSED:
+        return _COMPOSED[key]
+    d = Diagnostics()
+    node = _compose(path, display, d, code)
+    diags.extend(d.items)
+    if key is not None and not d.items:
+        if len(_COMPOSED) > 64:
+            _COMPOSED.clear()
+        _COMPOSED[key] = node
+    return node
+
+
+def _compose(path: Path, display: str, diags: Diagnostics, code: str) -> Any:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -194,8 +257,21 @@ def compose_file(path: Path, display: str, diags: Diagnostics, code: str = "NM10
         y = YAML(typ="safe", pure=False)
     except Exception:  # noqa: BLE001 - no C extension: the pure-Python parser gives the same nodes
         y = YAML(typ="safe", pure=True)
+    y.Resolver = _resolver_class()
     y.version = (1, 1)  # PyYAML / OmegaConf resolve plain scalars with YAML 1.1 rules (yes/no/on/off are booleans)
     try:
+        if len(text) > 2 * MAX_NODES:  # could hold more values than any config has: count events before building nodes
+            from ruamel.yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+
+            n = 0
+            for ev in y.parse(text):
+                if isinstance(ev, (ScalarEvent, CollectionStartEvent, AliasEvent)):
+                    n += 1
+                    if n > MAX_NODES:
+                        m = ev.start_mark
+                        diags.error(code, f"more than {MAX_NODES} YAML values; refusing to continue (a NeMo config has a few hundred)",
+                                    file=display, line=m.line + 1 if m else None, col=m.column + 1 if m else None)
+                        return None
         return y.compose(text) if text.strip() else None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
