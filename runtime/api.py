@@ -1,0 +1,154 @@
+"""Entry point used by ``nemo-migrate run``: validate, prepare, then train in-process (N == 1) or under torchrun.
+
+Importing this module is cheap (no torch); torch and transformers load only when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+@dataclass
+class RunOptions:
+    config: Path
+    nproc_per_node: int = 1
+    max_steps: int | None = None
+    model_path: Path | None = None
+    proxy_model: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    out: Path | None = None
+    merge: bool = False
+
+
+def _err(msg: str) -> None:
+    print(f"nemo-migrate run: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def prepare(opts: RunOptions):
+    """Validate everything that can be checked before training; returns (spec, cfg, run_dir, tok_path, tok_note)."""
+    from .config import effective_config
+    from .errors import RunError
+    from .spec import resolve
+
+    if opts.nproc_per_node < 1:
+        raise RunError("--nproc-per-node must be >= 1", found=opts.nproc_per_node)
+    if opts.model_path is not None and opts.proxy_model:
+        raise RunError("--model-path and --proxy-model are exclusive", key="--proxy-model",
+                       hint="--model-path loads real weights; --proxy-model builds random ones")
+    cfg = effective_config(opts.config, opts.overrides, opts.max_steps)
+    spec = resolve(cfg, opts, file=str(opts.config))
+    run_dir = Path(opts.out) if opts.out is not None else Path("runs") / Path(opts.config).stem
+
+    # Read the text data now (missing columns, empty files and bad JSON fail before anything starts).
+    from .data import mapped_texts, read_records
+
+    texts: list[str] = []
+    for key, ds in [("dataset", spec.train)] + [(("validation_dataset" if k == "default" else
+                                                   f"validation_dataset_{k}"), v) for k, v in spec.validation.items()]:
+        if ds.kind != "column_mapped":
+            continue
+        rows = read_records(ds.params["path_or_dataset_id"], key=f"{key}.path_or_dataset_id")
+        pairs = mapped_texts(rows, ds.params["column_mapping"], key=key, file=str(opts.config))
+        if key == "dataset":
+            texts = [p + a for p, a in pairs]
+
+    tok_path, tok_note = spec.tokenizer.path, None
+    needs_tok = spec.train.kind != "mock" or any(v.kind != "mock" for v in spec.validation.values())
+    if tok_path is None and needs_tok:
+        ckpt_tok = _checkpoint_tokenizer(spec)
+        if ckpt_tok is not None:
+            tok_path, tok_note = str(ckpt_tok), f"tokenizer: the one saved with the checkpoint being resumed ({ckpt_tok})"
+        else:
+            from .tokenizer import LOCAL_TOKENIZER_NOTE, train_local_tokenizer
+
+            out = run_dir / "tokenizer"
+            vocab = 1024 if len(texts) < 20000 else 8192
+            train_local_tokenizer(texts, out, vocab_size=vocab)
+            tok_path = str(out)
+            tok_note = LOCAL_TOKENIZER_NOTE.format(n=len(texts), v=vocab, path=out)
+    elif tok_path is not None:
+        tok_note = f"tokenizer: {tok_path} (on disk)"
+    return spec, cfg, run_dir, tok_path, tok_note
+
+
+def _checkpoint_tokenizer(spec) -> Path | None:
+    """When auto-resuming, reuse the tokenizer saved in the checkpoint (a locally trained one must not change)."""
+    if not spec.ckpt.enabled:
+        return None
+    from .spec import has_tokenizer_files
+
+    root = Path(spec.ckpt.checkpoint_dir)
+    latest = root / "LATEST"
+    cand = None
+    if spec.ckpt.restore_from and spec.ckpt.restore_from != "LATEST":
+        cand = root / spec.ckpt.restore_from if (root / spec.ckpt.restore_from).exists() else Path(spec.ckpt.restore_from)
+    elif latest.exists():
+        cand = latest.resolve()
+    if cand is not None and has_tokenizer_files(cand / "model"):
+        return cand / "model"
+    return None
+
+
+def run_main(opts: RunOptions) -> int:
+    """Run a config; returns the exit code (0 ok, 1 error). User errors never raise."""
+    for k, v in _OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from .errors import RunError
+
+    try:
+        spec, cfg, run_dir, tok_path, tok_note = prepare(opts)
+    except RunError as e:
+        _err(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("NEMO_MIGRATE_DEBUG"):
+            raise
+        _err(f"internal error while preparing the run: {type(e).__name__}: {e} "
+             "(rerun with NEMO_MIGRATE_DEBUG=1 for the traceback)")
+        return 1
+    _say(f"nemo-migrate run: {opts.config} -> {run_dir} ({opts.nproc_per_node} process"
+         f"{'es' if opts.nproc_per_node > 1 else ''})")
+    if opts.nproc_per_node == 1:
+        from .trainer import run_training
+
+        return run_training(spec, run_dir=run_dir, raw_cfg=cfg, merge=opts.merge, tokenizer_path=tok_path,
+                            tokenizer_note=tok_note)
+    return launch_torchrun(spec, cfg, run_dir, opts, tok_path, tok_note)
+
+
+def launch_torchrun(spec, cfg, run_dir: Path, opts: RunOptions, tok_path, tok_note) -> int:
+    launch_dir = run_dir / ".launch"
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"spec": spec.to_dict(), "cfg": cfg, "run_dir": str(run_dir), "merge": opts.merge,
+               "tokenizer_path": tok_path, "tokenizer_note": tok_note}
+    lf = launch_dir / "launch.json"
+    lf.write_text(json.dumps(payload, indent=1, default=str))
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.nproc_per_node)))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [sys.executable, "-m", "runtime.launch", "--standalone", "--nproc-per-node",
+           str(opts.nproc_per_node), "-m", "runtime.worker", str(lf)]
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["RunOptions", "run_main", "prepare"]

@@ -1,0 +1,177 @@
+"""Load an Automodel 0.7 YAML the way ``nemo_automodel.components.config`` does, without importing torch.
+
+* ``yaml.safe_load`` (YAML 1.1, so ``1e-8`` is a string until ``translate_value``), then every string scalar goes
+  through env interpolation (``${VAR}``, ``${VAR,default}``, ``$VAR``, ``${oc.env:VAR[,default]}``) and
+  ``translate_value`` (none/None -> None, true/false -> bool, else ``ast.literal_eval``, else the raw string).
+  ``_target_`` and ``*_fn`` strings are kept verbatim (Automodel resolves them to Python objects; the runtime maps
+  the known ones itself).
+* ``--set a.b.c=value`` follows Automodel's CLI override: ``translate_value`` on the value, ``set_by_dotted`` creating
+  missing intermediate mappings (replacing a non-mapping in the way).
+* dtype strings use ``dtype_from_str``'s table (case-insensitive, optional ``torch.`` prefix, only ``bf16`` as short
+  alias: ``fp32``/``fp16``/``bf16-mixed`` are rejected as Automodel rejects them).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+
+_SPECIAL = {"none": None, "None": None, "true": True, "True": True, "false": False, "False": False}
+
+
+def translate_value(v: Any) -> Any:
+    """Automodel's ``translate_value``: strings become None/bool/literals where they parse, else stay strings."""
+    if not isinstance(v, str):
+        return v
+    if v in _SPECIAL:
+        return _SPECIAL[v]
+    if len(v) > 1000:
+        return v
+    try:
+        return ast.literal_eval(v)
+    except Exception:  # noqa: BLE001 - literal_eval raises many types
+        return v
+
+
+_BRACED = re.compile(r"\$\{([^}]+)\}")
+_DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)")
+
+
+def resolve_env(value: str, *, file: str | None = None, key: str | None = None) -> str:
+    """Expand ``${VAR}``, ``${VAR,default}``, ``${oc.env:VAR}`` and ``$VAR`` in ``value`` (Automodel's rules)."""
+    if "$" not in value:
+        return value
+
+    def get(var: str, default: str | None, token: str) -> str:
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        raise RunError(f"environment variable {var!r} is not set (needed by {token!r})", file=file, key=key,
+                       hint=f"export {var}=... or write the value into the YAML")
+
+    def braced(m: re.Match[str]) -> str:
+        expr = m.group(1).strip()
+        if expr.startswith("oc.env:"):
+            expr = expr[len("oc.env:"):].strip()
+        if "," in expr:
+            var, default = (s.strip() for s in expr.split(",", 1))
+        else:
+            var, default = expr, None
+        return get(var, default, m.group(0))
+
+    value = _BRACED.sub(braced, value)
+    return _DOLLAR.sub(lambda m: get(m.group(1), None, m.group(0)), value)
+
+
+def _wrap(key: str, v: Any, *, file: str | None, path: str) -> Any:
+    if isinstance(v, dict):
+        return {k: _wrap(str(k), x, file=file, path=f"{path}.{k}" if path else str(k)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_wrap("", x, file=file, path=f"{path}[{i}]") for i, x in enumerate(v)]
+    if key == "_target_" or key.endswith("_fn"):
+        return v
+    if isinstance(v, str) and "$" in v:
+        v = resolve_env(v, file=file, key=path)
+    return translate_value(v)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config into plain dicts/lists with Automodel's scalar rules applied."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise RunError("config file not found", file=str(p), hint="pass the YAML that `nemo-migrate convert` wrote")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise RunError(f"not valid YAML{where}: {getattr(e, 'problem', None) or e}", file=str(p)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RunError("the top level of the config must be a mapping", file=str(p), found=type(raw).__name__)
+    return _wrap("", raw, file=str(p), path="")
+
+
+def apply_override(cfg: dict[str, Any], item: str, *, file: str | None = None) -> None:
+    """Apply one ``section.key=value`` override in place (Automodel's ``set_by_dotted`` + ``translate_value``)."""
+    if "=" not in item:
+        raise RunError("a --set override must look like section.key=value", key=item, found=item,
+                       hint="e.g. --set dataset.path_or_dataset_id=/data/train.jsonl")
+    dotted, value = item.split("=", 1)
+    dotted = dotted.strip().lstrip("-")
+    if not dotted or any(not p for p in dotted.split(".")):
+        raise RunError("the key of a --set override is empty or has an empty segment", key=item, found=dotted)
+    parts = dotted.split(".")
+    node = cfg
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = _wrap(parts[-1], translate_value(value), file=file, path=dotted)
+
+
+def effective_config(path: str | Path, overrides: list[str] | None = None,
+                     max_steps: int | None = None) -> dict[str, Any]:
+    cfg = load_yaml(path)
+    for item in overrides or []:
+        apply_override(cfg, item, file="--set")
+    if max_steps is not None:
+        cfg.setdefault("step_scheduler", {})
+        if not isinstance(cfg["step_scheduler"], dict):
+            cfg["step_scheduler"] = {}
+        cfg["step_scheduler"]["max_steps"] = int(max_steps)
+    return cfg
+
+
+def dump_yaml(cfg: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False, default_flow_style=None, width=120)
+
+
+# dtype_from_str's table (nemo_automodel/shared/utils.py), as canonical torch attribute names.
+_DTYPE_LUT = {
+    "torch.float": "float32", "torch.float32": "float32", "torch.float64": "float64", "torch.double": "float64",
+    "torch.complex64": "complex64", "torch.cfloat": "complex64", "torch.float16": "float16",
+    "torch.half": "float16", "torch.bfloat16": "bfloat16", "torch.uint8": "uint8", "torch.int8": "int8",
+    "torch.int16": "int16", "torch.short": "int16", "torch.int32": "int32", "torch.int": "int32",
+    "torch.int64": "int64", "torch.long": "int64", "torch.bool": "bool", "bf16": "bfloat16",
+}
+_FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
+
+
+def parse_dtype(val: Any, *, file: str | None, key: str, allow_auto: bool = False,
+                floating: bool = True) -> str | None:
+    """Canonical dtype name for a YAML dtype string, as ``dtype_from_str`` accepts it (None stays None)."""
+    if val is None:
+        return None
+    if allow_auto and isinstance(val, str) and val.lower() == "auto":
+        return "auto"
+    if isinstance(val, str):
+        low = val.lower()
+        name = _DTYPE_LUT.get(low) or _DTYPE_LUT.get("torch." + low)
+        if name is not None and (not floating or name in _FLOAT_DTYPES):
+            return name
+    hints = {"fp32": "float32", "fp16": "float16", "bf16-mixed": "bfloat16", "16-mixed": "float16",
+             "32": "float32", "fp64": "float64"}
+    alt = hints.get(str(val).lower())
+    raise RunError("not a dtype Automodel 0.7 accepts", file=file, key=key, found=val,
+                   expected="one of float32, bfloat16, float16, float64 (or bf16, torch.<name>)"
+                   + (", auto" if allow_auto else ""),
+                   hint=f"write {alt!r}" if alt else None)
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    return None if name is None else getattr(torch, name)

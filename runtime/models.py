@@ -1,0 +1,174 @@
+"""Models: HF ``AutoModelForCausalLM`` from a local dir, from a local config (random init), or a proxy.
+
+A proxy is the config's architecture family (llama, qwen2, qwen3, mistral, phi3, gemma...) at a named size with
+random weights: ``tiny`` (hidden 64, 2 layers; tests), ``small`` (hidden 256, 4 layers), ``llama-1b`` / ``1b``
+(Llama-3.2-1B shape), ``llama-8b`` / ``8b`` (Llama-3.1-8B shape), ``<family>-<size>``, or a path to a config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+
+PROXY_DIR = Path(__file__).resolve().parent / "proxies"
+
+_FAMILIES = [  # (regex on the model id/path, HF model_type)
+    (r"qwen3", "qwen3"), (r"qwen2|qwen-?2", "qwen2"), (r"qwen", "qwen2"), (r"phi-?3|phi-?4", "phi3"),
+    (r"mistral|mixtral|ministral", "mistral"), (r"gemma-?2", "gemma2"), (r"gemma", "gemma"),
+    (r"llama|meta-llama|codellama|vicuna|tinyllama", "llama"),
+]
+_SIZES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, vocab_size=None,
+                 tie_word_embeddings=False, rope_theta=10000.0),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=32, max_position_embeddings=4096, vocab_size=None,
+                  tie_word_embeddings=False, rope_theta=10000.0),
+}
+_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "head_dim", "max_position_embeddings", "vocab_size", "tie_word_embeddings", "rope_theta")
+
+
+def detect_family(name: str | None, path: str | None = None) -> str:
+    if path and (Path(path) / "config.json").is_file():
+        mt = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        if mt:
+            return mt
+    low = (name or "").lower()
+    for rx, fam in _FAMILIES:
+        if re.search(rx, low):
+            return fam
+    return "llama"
+
+
+def proxy_config_dict(proxy: str, family: str, *, tokenizer_vocab: int | None) -> tuple[dict[str, Any], str]:
+    """(HF config kwargs incl. model_type, description) for ``--proxy-model``."""
+    p = Path(proxy)
+    if p.suffix == ".json" and p.is_file() or (p / "config.json").is_file():
+        d = json.loads((p if p.suffix == ".json" else p / "config.json").read_text())
+        return d, f"config {p}"
+    low = proxy.lower()
+    fam, size = family, low
+    m = re.fullmatch(r"([a-z0-9.]+?)-(tiny|small|1b|8b)", low)
+    if m:
+        fam, size = m.group(1), m.group(2)
+        fam = {"llama3": "llama", "llama2": "llama", "qwen": "qwen2", "qwen2.5": "qwen2", "phi": "phi3"}.get(fam, fam)
+    if size in ("1b", "8b"):
+        d = json.loads((PROXY_DIR / f"llama-{size}.json").read_text())
+        if fam != "llama":
+            d = {k: d[k] for k in _SHAPE_KEYS if k in d}
+            d["model_type"] = fam
+    elif size in _SIZES:
+        d = dict(_SIZES[size])
+        d["model_type"] = fam
+    else:
+        raise RunError("unknown proxy model", key="--proxy-model", found=proxy,
+                       expected="tiny, small, 1b, 8b, llama-1b, llama-8b, <family>-<size> or a config.json path")
+    if d.get("vocab_size") is None:
+        v = max(tokenizer_vocab or 256, 256)
+        d["vocab_size"] = int(-(-v // 64) * 64)
+    return d, f"{fam} {size}"
+
+
+def hf_config(d: dict[str, Any], attn: str):
+    from transformers import AutoConfig
+
+    d = dict(d)
+    mt = d.pop("model_type", "llama")
+    for k in ("architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path"):
+        d.pop(k, None)
+    try:
+        cfg = AutoConfig.for_model(mt, **d)
+    except (ValueError, KeyError) as e:
+        raise RunError(f"transformers has no model family {mt!r} ({e})", key="--proxy-model") from None
+    cfg._attn_implementation = attn
+    cfg.use_cache = False
+    return cfg
+
+
+def resolve_dtype(spec_dtype: str, hf_cfg=None):
+    """0.7: ``auto`` -> the config's torch_dtype, falling back to bf16 (from_config: bf16)."""
+    import torch
+
+    if spec_dtype != "auto":
+        return getattr(torch, spec_dtype)
+    if hf_cfg is not None:
+        d = getattr(hf_cfg, "dtype", None) or getattr(hf_cfg, "torch_dtype", None)
+        if isinstance(d, str):
+            d = getattr(torch, d, None)
+        if isinstance(d, torch.dtype) and d.is_floating_point:
+            return d
+    return torch.bfloat16
+
+
+def _special_ids(d: dict[str, Any], special: dict[str, int | None] | None) -> dict[str, Any]:
+    """Proxy configs take the tokenizer's special ids (family defaults such as Phi-3's pad 32000 may not exist)."""
+    d = dict(d)
+    v = d.get("vocab_size")
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        val = (special or {}).get(k)
+        if val is None and isinstance(d.get(k), int) and v is not None and d[k] < v:
+            val = d[k]
+        d[k] = val if (val is None or v is None or val < v) else None
+    return d
+
+
+def build_model(mspec, *, tokenizer_vocab: int | None, device,
+                special_ids: dict[str, int | None] | None = None) -> tuple[Any, str, bool]:
+    """Return (model, description, random_weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if mspec.source == "pretrained":
+        cfg = AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code, local_files_only=True)
+        dtype = resolve_dtype(mspec.dtype, cfg)
+        model = AutoModelForCausalLM.from_pretrained(
+            mspec.path, dtype=dtype, attn_implementation=mspec.attn_implementation, local_files_only=True,
+            trust_remote_code=mspec.trust_remote_code, device_map={"": device} if device.type == "cuda" else None)
+        model.config.use_cache = False
+        return model, f"{mspec.path} (pretrained weights, {str(dtype).replace('torch.', '')})", False
+    if mspec.source == "config":
+        cfg = AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code, local_files_only=True)
+        cfg._attn_implementation = mspec.attn_implementation
+        cfg.use_cache = False
+        dtype = resolve_dtype(mspec.dtype if mspec.dtype != "auto" else "bfloat16")
+        desc = f"{cfg.model_type} from config {mspec.path}"
+    else:
+        family = detect_family(mspec.name, mspec.name if mspec.name and Path(mspec.name).is_dir() else None)
+        d, what = proxy_config_dict(mspec.proxy, family, tokenizer_vocab=tokenizer_vocab)
+        cfg = hf_config(_special_ids(d, special_ids), mspec.attn_implementation)
+        dtype = resolve_dtype(mspec.dtype if mspec.dtype != "auto" else "bfloat16")
+        desc = f"proxy {what} ({cfg.model_type}, hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers)"
+    if tokenizer_vocab is not None and cfg.vocab_size < tokenizer_vocab:
+        raise RunError(f"the tokenizer has {tokenizer_vocab} tokens but the model vocabulary is {cfg.vocab_size}",
+                       key="--proxy-model", hint="use a proxy whose vocab covers the tokenizer")
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=mspec.trust_remote_code)
+    return model, f"{desc}, random weights, {str(dtype).replace('torch.', '')}", True
+
+
+def decoder_layers(model) -> list:
+    """The transformer blocks (HF: model.model.layers)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None) if inner is not None else None
+    if layers is None:
+        raise RunError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)")
+    return list(layers)
+
+
+def count_params(model) -> tuple[int, int]:
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return total, trainable
