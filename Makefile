@@ -6,7 +6,7 @@ OUT    ?= out/seed
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev example test golden golden-update bench-convert clean
+.PHONY: setup setup-dev example test golden golden-update bench-convert bench-limits fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,16 @@ golden-update: setup
 
 bench-convert: setup
 	$(BIN)/python bench/convert_speed.py
+
+# 10 MB YAML / 10,000-line recipe.py: convert or fail cleanly within 10 s (bench/results/limits-*.json)
+bench-limits: setup
+	$(BIN)/python bench/limits.py
+
+# A long random fuzz run (CI runs a fixed, derandomized 150 inputs per target); the count lands in bench/results/
+FUZZ_EXAMPLES ?= 3000
+fuzz: setup-dev
+	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RECORD=bench/results/fuzz-$$(date +%F).json \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache

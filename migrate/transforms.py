@@ -557,6 +557,12 @@ def translate_targets(ctx: Ctx, targets: list[str]) -> tuple[list[str], list[str
         for h in e["hf"]:
             hp, _, hl = h.rpartition(".")
             parents.setdefault(hl, set()).add(hp)
+    names: dict[str, list[str]] = {}  # Megatron leaf -> the HF names its patterns end with
+    for leaf, entry in fmap.items():
+        for h in entry["hf"]:
+            hparent, hleaf = h.rsplit(".", 1) if "." in h else ("", h)
+            qualified = len(parents.get(hleaf, ())) > 1
+            names.setdefault(leaf, []).append(f"{hparent}.{hleaf}" if qualified and hparent else hleaf)
     for t in targets:
         parts = t.split(".")
         leaf = parts[-1]
@@ -564,19 +570,13 @@ def translate_targets(ctx: Ctx, targets: list[str]) -> tuple[list[str], list[str
         if entry is None:
             bad.append(t)
             continue
-        prefix = [seg.get(p, p) for p in parts[:-1]]
         if entry.get("shared_a") and len(entry["hf"]) > 1:
             shared.append(t)
-        for h in entry["hf"]:
-            hparent, hleaf = h.rsplit(".", 1) if "." in h else ("", h)
-            qualified = len(parents.get(hleaf, ())) > 1
-            name = f"{hparent}.{hleaf}" if qualified and hparent else hleaf
-            if prefix:
-                pat = ".".join(prefix) + "." + name
-                if not pat.startswith("*"):
-                    pat = "*" + pat if pat.startswith(".") else "*." + pat if not pat.startswith("model.") else pat
-            else:
-                pat = "*." + name
+        head = ".".join(seg.get(p, p) for p in parts[:-1])
+        if head and not head.startswith("*"):
+            head = "*" + head if head.startswith(".") else head if head.startswith("model.") else "*." + head
+        for name in names[leaf]:
+            pat = f"{head}.{name}" if head else "*." + name
             if pat not in seen:
                 seen.add(pat)
                 out.append(pat)

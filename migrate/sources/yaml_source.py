@@ -217,6 +217,7 @@ def _resolver_class() -> Any:
 
 
 _COMPOSED: dict[tuple, Any] = {}
+_BUILT: dict[int, tuple[Any, Any]] = {}  # id(composed node) -> (node, plain value); callers must not modify the value
 
 
 def compose_file(path: Path, display: str, diags: Diagnostics, code: str = "NM101") -> Any:
@@ -292,8 +293,14 @@ def load_yaml_file(path: Path, display: str, diags: Diagnostics, code: str = "NM
     node = compose_file(path, display, diags, code)
     if node is None:
         return None
+    if id(node) in _BUILT and _BUILT[id(node)][0] is node:  # read-only callers (format detection): build once
+        return _BUILT[id(node)][1]
     try:
-        return _Builder().value(node)
+        value = _Builder().value(node)
+        if len(_BUILT) > 64:
+            _BUILT.clear()
+        _BUILT[id(node)] = (node, value)
+        return value
     except YamlError as e:
         diags.error(code, str(e), file=display, line=e.line, col=e.col)
     except RecursionError:
