@@ -26,6 +26,7 @@ class RunOptions:
     overrides: list[str] = field(default_factory=list)
     out: Path | None = None
     merge: bool = False
+    stop_after: int | None = None  # stop after N optimizer steps without changing max_steps or the LR schedule
 
 
 def _err(msg: str) -> None:
@@ -57,6 +58,15 @@ def prepare(opts: RunOptions):
     texts: list[str] = []
     for key, ds in [("dataset", spec.train)] + [(("validation_dataset" if k == "default" else
                                                    f"validation_dataset_{k}"), v) for k, v in spec.validation.items()]:
+        if ds.kind == "chat":
+            from .data import chat_texts, read_chat_rows
+
+            rows, _ = read_chat_rows(ds.params["path_or_dataset_id"], key=f"{key}.path_or_dataset_id",
+                                     skip_invalid=bool(ds.params.get("skip_invalid_samples", False)))
+            chat = chat_texts(rows, key=key)  # every row is checked now (a bad one fails before training)
+            if key == "dataset":
+                texts = chat
+            continue
         if ds.kind != "column_mapped":
             continue
         rows = read_records(ds.params["path_or_dataset_id"], key=f"{key}.path_or_dataset_id")
@@ -126,7 +136,7 @@ def run_main(opts: RunOptions) -> int:
     if opts.nproc_per_node == 1:
         from .trainer import run_training
 
-        return run_training(spec, run_dir=run_dir, raw_cfg=cfg, merge=opts.merge, tokenizer_path=tok_path,
+        return run_training(spec, run_dir=run_dir, raw_cfg=cfg, merge=opts.merge, stop_after=opts.stop_after, tokenizer_path=tok_path,
                             tokenizer_note=tok_note)
     return launch_torchrun(spec, cfg, run_dir, opts, tok_path, tok_note)
 
@@ -134,7 +144,7 @@ def run_main(opts: RunOptions) -> int:
 def launch_torchrun(spec, cfg, run_dir: Path, opts: RunOptions, tok_path, tok_note) -> int:
     launch_dir = run_dir / ".launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"spec": spec.to_dict(), "cfg": cfg, "run_dir": str(run_dir), "merge": opts.merge,
+    payload = {"spec": spec.to_dict(), "cfg": cfg, "run_dir": str(run_dir), "merge": opts.merge, "stop_after": opts.stop_after,
                "tokenizer_path": tok_path, "tokenizer_note": tok_note}
     lf = launch_dir / "launch.json"
     lf.write_text(json.dumps(payload, indent=1, default=str))

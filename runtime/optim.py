@@ -208,6 +208,30 @@ class OptimizerParamScheduler:
         self.step(sd["num_steps"])
 
 
+class ExplicitLR:
+    """nemo_compat.lr_values: the learning rate of every optimizer step given as a list (``run --verify`` passes
+    NeMo's schedule, computed from NeMo's formula); the last value holds after the list ends."""
+
+    def __init__(self, optimizer, values: list[float]):
+        self.optimizer, self.values, self.num_steps = optimizer, [float(v) for v in values], 0
+        for g in optimizer.param_groups:
+            g.setdefault("lr_mult", 1.0)
+        self.step(0)
+
+    def step(self, increment: int) -> None:
+        self.num_steps += increment
+        lr = self.values[min(self.num_steps, len(self.values) - 1)]
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_steps": self.num_steps, "values": self.values}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.num_steps = 0
+        self.step(int(sd["num_steps"]))
+
+
 def build_lr_scheduler(optimizer, cfg: dict[str, Any] | None, *, total_steps: int):
     if cfg is None:
         return None

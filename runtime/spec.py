@@ -61,6 +61,9 @@ CKPT_KEYS = {"enabled", "checkpoint_dir", "model_save_format", "model_cache_dir"
              "consolidation_timeout_minutes", "max_recent_checkpoints", "restore_from"}
 COLUMN_MAPPED_KEYS = {"path_or_dataset_id", "column_mapping", "split", "name", "answer_only_loss_mask",
                       "seq_length", "padding", "truncation", "limit_dataset_samples", "use_hf_chat_template"}
+CHAT_KEYS = {"path_or_dataset_id", "split", "name", "seq_length", "padding", "truncation", "start_of_turn_token",
+             "chat_template", "shuffle_seed", "mask_reasoning_content", "mask_history", "unshifted",
+             "skip_invalid_samples", "mask_generation_prompt"}  # ChatDatasetConfig's fields (0.7.0)
 MOCK_KEYS = {"vocab_size", "seq_len", "num_samples", "batch_size", "exclude_token_ids"}
 DATALOADER_KEYS = {"_target_", "shuffle", "group_by_length", "shuffle_buffer_size", "batch_size", "num_workers",
                    "pin_memory", "persistent_workers", "prefetch_factor", "drop_last", "collate_fn",
@@ -68,7 +71,8 @@ DATALOADER_KEYS = {"_target_", "shuffle", "group_by_length", "shuffle_buffer_siz
 PACKED_KEYS = {"packed_sequence_size", "packing_strategy", "max_packs", "prepacked", "num_proc",
                "drop_long_samples", "pad_to_multiple_of", "split_across_pack"}
 COMPILE_KEYS = {"enabled", "mode", "fullgraph", "dynamic", "backend", "options", "dynamo_cache_size_limit"}
-NEMO_COMPAT_KEYS = {"lora_tied_a", "loss_reduction", "master_weights", "no_decay_1d"}
+NEMO_COMPAT_KEYS = {"lora_tied_a", "loss_reduction", "master_weights", "no_decay_1d", "lr_values", "init_adapter",
+                    "save_init_adapter"}
 MODEL_KEYS = {"_target_", "pretrained_model_name_or_path", "config", "dtype", "torch_dtype", "attn_implementation",
               "force_hf", "trust_remote_code", "use_liger_kernel", "use_sdpa_patching", "sdpa_method", "backend",
               "load_base_model", "cache_dir", "revision", "output_hidden_states", "is_meta_device",
@@ -77,6 +81,8 @@ MASKED_CE_KEYS = {"_target_", "fp32_upcast", "ignore_index", "reduction"}
 
 _COLUMN_MAPPED = ("ColumnMappedTextInstructionDataset", "ColumnMappedTextInstructionDatasetConfig")
 _MOCK = ("MockIterableDataset", "MockIterableDatasetConfig")
+_CHAT = ("ChatDataset", "ChatDatasetConfig")
+_PRETOKENIZED = ("nemo_migrate.pretokenized", "pretokenized")  # run --verify: samples tokenized as NeMo does
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.safetensors.index.json")
@@ -168,13 +174,14 @@ class StepSpec:
 
 @dataclass
 class DatasetSpec:
-    kind: str  # "column_mapped" | "mock"
+    kind: str  # "column_mapped" | "chat" | "mock"
     params: dict[str, Any]
     shuffle: bool | None
     batch_size: int | None
     drop_last: bool
     pin_memory: bool
     pad_seq_len_divisible: int | None
+    packing: dict[str, Any] | None = None  # THD packing: packed_sequence_size, max_packs, pad_to_multiple_of
 
 
 @dataclass
@@ -200,6 +207,9 @@ class CompatSpec:
     loss_reduction: str = "automodel"
     master_weights: str = "none"
     no_decay_1d: bool = False
+    lr_values: list[float] | None = None  # the LR applied at each optimizer step (replaces the scheduler's)
+    init_adapter: str | None = None  # PEFT-format adapter file the LoRA weights start from
+    save_init_adapter: bool = False  # write run_dir/initial_adapter.safetensors before the first step
 
 
 @dataclass
@@ -429,7 +439,8 @@ def _dist(cfg: dict, ctx: _Ctx, world_size: int) -> DistSpec:
     if sec.get("enable_async_tensor_parallel"):
         ctx.note("distributed.enable_async_tensor_parallel is ignored (plain DTensor TP).")
     if sec.get("patch_is_packed_sequence"):
-        ctx.note("distributed.patch_is_packed_sequence is ignored (no packing in the bundled runtime).")
+        ctx.note("distributed.patch_is_packed_sequence is ignored (it only patches transformers' flash-attention "
+                 "packing check).")
     ac = sec.get("activation_checkpointing", False)
     if isinstance(ac, str):
         low = ac.lower().replace("-", "_")
@@ -641,8 +652,101 @@ def _tokenizer(cfg: dict, ctx: _Ctx, model: ModelSpec) -> TokenizerSpec:
     return TokenizerSpec(None, add_bos, add_eos)
 
 
+def _data_paths(params: dict, ctx: _Ctx, name: str, *, check_files: bool) -> None:
+    paths = params["path_or_dataset_id"]
+    plist = [paths] if isinstance(paths, str) else paths
+    if not isinstance(plist, list) or not plist or not all(isinstance(x, str) for x in plist):
+        raise ctx.err(f"{name}.path_or_dataset_id", "must be a path or a list of paths", found=paths)
+    if check_files:
+        for p in plist:
+            if not Path(p).exists():
+                kind = ("looks like a Hugging Face Hub dataset id, and the bundled runtime reads local JSON/JSONL "
+                        "only (no network)") if _HUB_ID.match(p) else "data file not found"
+                raise ctx.err(f"{name}.path_or_dataset_id", kind, found=p,
+                              hint=f"--set {name}.path_or_dataset_id=/path/to/file.jsonl")
+            if Path(p).is_dir():
+                raise ctx.err(f"{name}.path_or_dataset_id", "is a directory; give JSON/JSONL file(s)", found=p)
+            if Path(p).suffix.lower() == ".parquet":
+                raise ctx.err(f"{name}.path_or_dataset_id", "Parquet files are not read by the bundled runtime "
+                              "(local JSON/JSONL only)", found=p, hint="convert the rows to JSONL")
+
+
+def _chat_params(params: dict, ctx: _Ctx, name: str, *, check_files: bool) -> None:
+    """ChatDatasetConfig (0.7.0): its fields only; what the runtime cannot do fails here."""
+    if "answer_only_loss_mask" in params:
+        raise ctx.err(f"{name}.answer_only_loss_mask", f"unknown key in `{name}`: ChatDatasetConfig has no such "
+                      "field (0.7 raises TypeError); ChatDataset always trains on the assistant tokens only",
+                      found=params["answer_only_loss_mask"], hint=f"remove {name}.answer_only_loss_mask")
+    _unknown(params, CHAT_KEYS, ctx, name, what="a ChatDatasetConfig field")
+    if "path_or_dataset_id" not in params:
+        raise ctx.err(f"{name}.path_or_dataset_id", "is required by ChatDataset")
+    _data_paths(params, ctx, name, check_files=check_files)
+    if params.get("seq_length") is not None:
+        _int(params["seq_length"], ctx, f"{name}.seq_length", minimum=1)
+    if params.get("padding") == "max_length" and params.get("seq_length") is None:
+        raise ctx.err(f"{name}.padding", "padding: max_length needs seq_length (the tokenizer would pad to its "
+                      "model_max_length)", found="max_length", hint=f"set {name}.seq_length")
+    for k in ("mask_reasoning_content", "mask_history", "unshifted", "skip_invalid_samples", "mask_generation_prompt"):
+        if k in params:
+            _bool(params[k], ctx, f"{name}.{k}")
+    if params.get("unshifted"):
+        raise ctx.err(f"{name}.unshifted", "unshifted: true makes ChatDataset return a loss_mask instead of labels "
+                      "(the diffusion-LM format); the next-token fine-tune recipe needs labels", found=True,
+                      hint=f"remove {name}.unshifted")
+    t = params.get("chat_template")
+    if t is not None:
+        if not isinstance(t, str):
+            raise ctx.err(f"{name}.chat_template", "must be a Jinja template string or a path to a template file",
+                          found=t)
+        if "{%" not in t and "{{" not in t and check_files and not Path(t).is_file():
+            raise ctx.err(f"{name}.chat_template", "is neither a Jinja template nor an existing file (0.7 would use "
+                          "the string itself as the template, rendering every conversation as that constant text)",
+                          found=t, hint="give the template text, or the path of a .jinja / tokenizer_config.json file")
+    if params.get("start_of_turn_token") is not None:
+        ctx.note(f"{name}.start_of_turn_token: stored but never read by 0.7's ChatDataset (no effect).")
+    for k in ("split", "shuffle_seed", "name"):
+        if params.get(k) is not None:
+            ctx.note(f"{name}.{k}: 0.7 applies it to Hub/Parquet datasets only; local JSON/JSONL files are read whole "
+                     "and in order.")
+
+
+def _packing(cfg: dict, ctx: _Ctx) -> dict[str, Any] | None:
+    """``packed_sequence:`` as 0.7 resolves it (``make_packing_config``): THD packing when packed_sequence_size > 0."""
+    ps = cfg.get("packed_sequence")
+    if ps is None:
+        return None
+    if not isinstance(ps, dict):
+        raise ctx.err("packed_sequence", "must be a mapping", found=ps)
+    _unknown(ps, PACKED_KEYS, ctx, "packed_sequence", what="a packed_sequence field")
+    k = "packed_sequence."
+    size = _int(ps.get("packed_sequence_size", 0), ctx, k + "packed_sequence_size")
+    if size <= 0:
+        return None
+    strategy = ps.get("packing_strategy", "thd")
+    if strategy != "thd":
+        raise ctx.err(k + "packing_strategy", "only THD packing (0.7's default) is implemented by the bundled runtime",
+                      expected="thd", found=strategy, hint=f"--set {k}packing_strategy=thd")
+    max_packs = _int(ps.get("max_packs"), ctx, k + "max_packs", minimum=1, allow_none=True)
+    mult = _int(ps.get("pad_to_multiple_of", 1), ctx, k + "pad_to_multiple_of", minimum=1)
+    if size % mult:
+        raise ctx.err(k + "pad_to_multiple_of", f"packed_sequence_size ({size}) must be divisible by it (0.7 "
+                      "ValueError)", found=mult)
+    if ps.get("num_proc") is not None:
+        _int(ps["num_proc"], ctx, k + "num_proc", minimum=1)
+    if "drop_long_samples" in ps:
+        ctx.note("packed_sequence.drop_long_samples is a NEAT-packing field; 0.7's THD packing ignores it and always "
+                 "drops samples longer than packed_sequence_size.")
+    if "split_across_pack" in ps:
+        ctx.note("packed_sequence.split_across_pack is no longer read by 0.7 (no effect).")
+    if _bool(ps.get("prepacked", False), ctx, k + "prepacked"):
+        ctx.note("packed_sequence.prepacked: true: 0.7 skips loader-side packing and uses the default collater, so "
+                 "the samples train unpacked.")
+        return None
+    return {"packed_sequence_size": size, "max_packs": max_packs, "pad_to_multiple_of": mult}
+
+
 def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, lbs: int,
-             check_files: bool) -> DatasetSpec:
+             check_files: bool, packing: dict[str, Any] | None = None) -> DatasetSpec:
     if not isinstance(node, dict):
         raise ctx.err(name, "must be a mapping", found=node)
     if "_target_" not in node:
@@ -661,19 +765,7 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
         if not roles <= {"context", "question", "answer"} or len(cm) not in (2, 3):
             raise ctx.err(f"{name}.column_mapping", "roles must be answer plus context and/or question",
                           found=sorted(roles))
-        paths = params["path_or_dataset_id"]
-        plist = [paths] if isinstance(paths, str) else paths
-        if not isinstance(plist, list) or not plist or not all(isinstance(x, str) for x in plist):
-            raise ctx.err(f"{name}.path_or_dataset_id", "must be a path or a list of paths", found=paths)
-        if check_files:
-            for p in plist:
-                if not Path(p).exists():
-                    kind = ("looks like a Hugging Face Hub dataset id, and the bundled runtime reads local JSON/JSONL "
-                            "only (no network)") if _HUB_ID.match(p) else "data file not found"
-                    raise ctx.err(f"{name}.path_or_dataset_id", kind, found=p,
-                                  hint=f"--set {name}.path_or_dataset_id=/path/to/file.jsonl")
-                if Path(p).is_dir():
-                    raise ctx.err(f"{name}.path_or_dataset_id", "is a directory; give JSON/JSONL file(s)", found=p)
+        _data_paths(params, ctx, name, check_files=check_files)
         for k in ("seq_length", "limit_dataset_samples"):
             if params.get(k) is not None:
                 _int(params[k], ctx, f"{name}.{k}", minimum=1)
@@ -681,16 +773,26 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
             raise ctx.err(f"{name}.padding", "padding: max_length needs seq_length (the tokenizer would pad to its "
                           "model_max_length)", found="max_length", hint=f"set {name}.seq_length")
         if params.get("use_hf_chat_template"):
-            ctx.note(f"{name}.use_hf_chat_template: the bundled runtime formats prompt/completion text; a tokenizer "
-                     "with a chat template is refused at start.")
+            ctx.note(f"{name}.use_hf_chat_template: rows are formatted with the tokenizer's chat template when it has "
+                     "one (system=context, user=question, assistant=answer), else as prompt/completion text (0.7).")
         kind = "column_mapped"
+    elif tname in _CHAT:
+        _chat_params(params, ctx, name, check_files=check_files)
+        kind = "chat"
     elif tname in _MOCK:
         _unknown(params, MOCK_KEYS, ctx, name, what="a MockIterableDatasetConfig field")
         kind = "mock"
+    elif tname in _PRETOKENIZED:
+        _unknown(params, {"path_or_dataset_id"}, ctx, name, what="a pretokenized dataset field")
+        if not Path(str(params.get("path_or_dataset_id", ""))).is_file():
+            raise ctx.err(f"{name}.path_or_dataset_id", "no such file (JSONL of input_ids/labels rows)",
+                          found=params.get("path_or_dataset_id"))
+        kind = "pretokenized"
     else:
         raise ctx.err(f"{name}._target_", "this dataset is not implemented by the bundled runtime",
                       found=node["_target_"],
-                      expected="ColumnMappedTextInstructionDataset (local JSON/JSONL) or MockIterableDataset",
+                      expected="ColumnMappedTextInstructionDataset or ChatDataset (local JSON/JSONL), or "
+                               "MockIterableDataset",
                       hint="convert the data to JSONL and use ColumnMappedTextInstructionDataset")
     loader = loader or {}
     if not isinstance(loader, dict):
@@ -722,12 +824,19 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
     bs = loader.get("batch_size", "__default__")
     if bs == "__default__":
         bs = lbs
-    if kind == "column_mapped" and bs is None:
+    if kind != "mock" and bs is None:
         raise ctx.err(f"{loader_name}.batch_size", "batch_size=None only works for pre-batched (iterable) datasets")
+    if packing is not None and kind == "mock":
+        raise ctx.err("packed_sequence.packed_sequence_size", "packing needs a text dataset (ColumnMapped or Chat); "
+                      f"`{name}` is the mock dataset, which yields ready-made batches",
+                      found=packing["packed_sequence_size"], hint="--set packed_sequence.packed_sequence_size=0")
+    if packing is not None and cf is not None and cf != "default":
+        ctx.note(f"{loader_name}.collate_fn is replaced by the packed-sequence collater while packing (0.7).")
+        pad_div = None
     return DatasetSpec(kind=kind, params=params, shuffle=loader.get("shuffle"),
                        batch_size=None if bs is None else _int(bs, ctx, f"{loader_name}.batch_size", minimum=1),
                        drop_last=bool(loader.get("drop_last", False)), pin_memory=bool(loader.get("pin_memory", False)),
-                       pad_seq_len_divisible=pad_div)
+                       pad_seq_len_divisible=pad_div, packing=None if kind == "mock" else packing)
 
 
 _TYPED_OPTIM = {
@@ -864,19 +973,20 @@ def _compat(cfg: dict, ctx: _Ctx) -> CompatSpec:
     mw = "none" if mw is None else mw
     if mw not in ("none", "fp32"):
         raise ctx.err("nemo_compat.master_weights", "unknown mode", expected="fp32 or none", found=mw)
-    return CompatSpec(lora_tied_a=_bool(sec.get("lora_tied_a", False), ctx, "nemo_compat.lora_tied_a"),
+    lrv = sec.get("lr_values")
+    if lrv is not None and not (isinstance(lrv, list) and lrv and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in lrv)):
+        raise ctx.err("nemo_compat.lr_values", "must be a non-empty list of learning rates (one per optimizer step)", found=lrv)
+    ia = sec.get("init_adapter")
+    if ia is not None and not Path(str(ia)).is_file():
+        raise ctx.err("nemo_compat.init_adapter", "no such adapter file", found=ia)
+    return CompatSpec(lr_values=[float(x) for x in lrv] if lrv else None, init_adapter=None if ia is None else str(ia),
+                      save_init_adapter=_bool(sec.get("save_init_adapter", False), ctx, "nemo_compat.save_init_adapter"),
+                      lora_tied_a=_bool(sec.get("lora_tied_a", False), ctx, "nemo_compat.lora_tied_a"),
                       loss_reduction=lr, master_weights=mw,
                       no_decay_1d=_bool(sec.get("no_decay_1d", False), ctx, "nemo_compat.no_decay_1d"))
 
 
 def _unsupported_sections(cfg: dict, ctx: _Ctx) -> None:
-    ps = cfg.get("packed_sequence")
-    if isinstance(ps, dict):
-        _unknown(ps, PACKED_KEYS, ctx, "packed_sequence", what="a packed_sequence field")
-        if (ps.get("packed_sequence_size") or 0) > 0:
-            raise ctx.err("packed_sequence.packed_sequence_size", "sequence packing is not implemented by the "
-                          "bundled runtime", found=ps["packed_sequence_size"],
-                          hint="--set packed_sequence.packed_sequence_size=0 (pad to the longest sample instead)")
     q = cfg.get("quantization")
     if isinstance(q, dict) and (q.get("load_in_4bit") or q.get("load_in_8bit")):
         raise ctx.err("quantization", "BitsAndBytes QLoRA is not implemented by the bundled runtime",
@@ -981,7 +1091,8 @@ def resolve(cfg: dict, opts, *, file: str, check_files: bool = True) -> Spec:
     dl = {k: v for k, v in dl.items() if k != "dataset"}
     if ds is None:
         raise ctx.err("dataset", "this section is required")
-    train = _dataset(ds, dl, ctx, "dataset", "dataloader", lbs=lbs, check_files=check_files)
+    packing = _packing(cfg, ctx)
+    train = _dataset(ds, dl, ctx, "dataset", "dataloader", lbs=lbs, check_files=check_files, packing=packing)
     vdl = cfg.get("validation_dataloader")
     validation: dict[str, DatasetSpec] = {}
     for key in sorted(k for k in cfg if k.startswith("validation_dataset")):
@@ -990,7 +1101,16 @@ def resolve(cfg: dict, opts, *, file: str, check_files: bool = True) -> Spec:
         vname = key.replace("validation_dataset", "")
         vname = vname[1:] if len(vname) > 1 and vname[0] in "_-." else vname
         validation[vname or "default"] = _dataset(cfg[key], vdl, ctx, key, "validation_dataloader", lbs=lbs,
-                                                  check_files=check_files)
+                                                  check_files=check_files, packing=packing)
+    if packing is not None and model.attn_implementation == "flash_attention_2":
+        bad = [(n, d) for n, d in [("dataloader", train)] + [("validation_dataloader", v) for v in validation.values()]
+               if (d.batch_size or 1) > 1]
+        if bad:
+            raise ctx.err(f"{bad[0][0]}.batch_size", "packed sequences with attn_implementation flash_attention_2 need "
+                          "a batch of one pack: transformers' flash-attention path separates the packed samples (from "
+                          "their position_ids) only for a single row", found=bad[0][1].batch_size,
+                          hint="step_scheduler.local_batch_size: 1 (and validation_dataloader.batch_size: 1), or "
+                               "model.attn_implementation: sdpa")
     ckpt = _ckpt(cfg, ctx, check_files=check_files)
     if ckpt.model_save_format == "torch_save":
         ctx.note("checkpoint.model_save_format torch_save: weights are written as safetensors (HF layout).")

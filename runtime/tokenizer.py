@@ -14,7 +14,34 @@ from pathlib import Path
 from typing import Any, Iterable
 
 LOCAL_TOKENIZER_NOTE = "tokenizer: none on disk for this model; trained a byte-level BPE tokenizer locally on the " \
-                       "run's training text ({n} texts, vocab {v}) -> {path}"
+                       "run's training text ({n} texts, vocab {v}) -> {path}; it carries a simple chat template " \
+                       "(<|role|> headers, assistant turns + EOS inside {{% generation %}}) for chat data"
+
+# The stand-in tokenizer's chat template: plain-text role headers (no new special tokens, so the vocabulary and the
+# token ids of non-chat runs are unchanged) and each assistant turn plus EOS inside {% generation %}, which is what
+# Automodel 0.7's ChatDataset reads as the assistant (trained) tokens.
+LOCAL_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|' + message['role'] + '|>\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- message['content'] + '\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
+)
+
+
+def chat_text(messages: list[dict[str, Any]]) -> str:
+    """Plain text of a conversation as LOCAL_CHAT_TEMPLATE lays it out (what the local BPE is trained on)."""
+    out = []
+    for m in messages:
+        c = m.get("content")
+        c = "" if c is None else str(c)
+        out.append(f"<|{m.get('role')}|>\n{c}" + ("" if m.get("role") == "assistant" else "\n"))
+    return "".join(out)
 
 
 class EnforcedTokenizer:
@@ -94,10 +121,12 @@ def train_local_tokenizer(texts: Iterable[str], out_dir: Path, *, vocab_size: in
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                        special_tokens=[(bos, tok.token_to_id(bos))])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos)
+    hf.chat_template = LOCAL_CHAT_TEMPLATE
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out_dir))
     (out_dir / "NOTE.txt").write_text("Trained locally by nemo-migrate's runtime on the run's training text; "
-                                      "a stand-in for the model's own tokenizer, which was not on disk.\n")
+                                      "a stand-in for the model's own tokenizer, which was not on disk. Its chat "
+                                      "template (chat_template.jinja) marks assistant turns with {% generation %}.\n")
     return out_dir
 
 

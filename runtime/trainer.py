@@ -27,8 +27,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ck
 from .config import dump_yaml
-from .data import (ColumnMappedDataset, DistributedSamplerOrder, MapLoader, MockLoader, count_label_tokens,
-                   mapped_texts, read_records)
+from .data import DistributedSamplerOrder, MapLoader, MockLoader, count_label_tokens
 from .errors import CheckpointError, RunError
 from .loss import masked_ce_sum, microbatch_loss
 from .metrics import MetricsWriter, Progress, Timer, peak_mem_gib, plot_losses
@@ -84,8 +83,9 @@ def tail_padding(labels: torch.Tensor, ignore: int = -100) -> int:
 
 class Trainer:
     def __init__(self, spec: Spec, *, run_dir: Path, raw_cfg: dict[str, Any], merge: bool = False,
-                 tokenizer_path: str | None = None, tokenizer_note: str | None = None):
+                 tokenizer_path: str | None = None, tokenizer_note: str | None = None, stop_after: int | None = None):
         self.spec = spec
+        self.stop_after = stop_after
         self.run_dir = Path(run_dir)
         self.raw_cfg = raw_cfg
         self.merge = merge
@@ -151,25 +151,9 @@ class Trainer:
             self.log(f"tokenizer: {self.tokenizer_path}")
 
     def _dataset(self, ds, key: str):
-        p = ds.params
-        if ds.kind == "mock":
-            return None
-        rows = read_records(p["path_or_dataset_id"], key=f"{key}.path_or_dataset_id")
-        lim = p.get("limit_dataset_samples")
-        if lim is not None:
-            if lim > len(rows):
-                raise RunError(f"limit_dataset_samples ({lim}) is larger than the dataset ({len(rows)} records)",
-                               key=f"{key}.limit_dataset_samples", found=lim)
-            rows = rows[:lim]
-        if p.get("use_hf_chat_template") and getattr(self.tok, "chat_template", None):
-            raise RunError("use_hf_chat_template with a tokenizer that has a chat template is not implemented by the "
-                           "bundled runtime", key=f"{key}.use_hf_chat_template",
-                           hint=f"--set {key}.use_hf_chat_template=false")
-        pairs = mapped_texts(rows, p["column_mapping"], key=key)
-        trunc = p.get("truncation", "do_not_truncate")
-        return ColumnMappedDataset(pairs, self.tok, seq_length=p.get("seq_length"), padding=p.get("padding",
-                                   "do_not_pad"), truncation=trunc,
-                                   answer_only_loss_mask=p.get("answer_only_loss_mask", True), key=key)
+        from .data import build_dataset
+
+        return build_dataset(ds, self.tok, key=key, log=self.log)
 
     def _loader(self, ds_spec, dataset, *, train: bool):
         m = self.meshes
@@ -210,7 +194,8 @@ class Trainer:
             self.val_loaders[name] = self._loader(v, self._dataset(v, key), train=False)
         n_train = len(train_ds) if train_ds is not None else None
         if n_train is not None:
-            self.log(f"data: {n_train} training samples, {len(self.train_loader)} micro-batches per epoch per rank; "
+            self.log(f"data: {n_train} training {getattr(train_ds, 'unit', 'samples')}, {len(self.train_loader)} "
+                     "micro-batches per epoch per rank; "
                      f"validation: {', '.join(f'{k}={len(v.sampler.indices(0))}' for k, v in self.val_loaders.items() if isinstance(v, MapLoader)) or 'none'}")
 
     def _model_vocab_hint(self) -> int | None:
@@ -263,6 +248,7 @@ class Trainer:
                     torch.float32 if spec.compat.master_weights == "fp32" else storage)
                 self.lora_info = lora_mod.apply_lora(model, spec.peft, targets=targets,
                                                      tied_a=spec.compat.lora_tied_a, lora_dtype=ldt)
+                self._initial_adapter(model)
                 tied = f", tied A in {len(self.lora_info.tied_groups)} group(s)" if self.lora_info.tied_groups else ""
                 self.log(f"peft: LoRA on {len(targets)} linear(s), dim {spec.peft.dim}, alpha {spec.peft.alpha:g} "
                          f"(scale {spec.peft.alpha / spec.peft.dim:g}), dropout {spec.peft.dropout:g} "
@@ -290,6 +276,43 @@ class Trainer:
                  f"compute {d.param_dtype or d.autocast_dtype or str(storage).replace('torch.', '')}; "
                  f"grad accumulation {spec.step.grad_acc_steps} x local batch {spec.step.local_batch_size}")
 
+    def _initial_adapter(self, model) -> None:
+        """nemo_compat.init_adapter / save_init_adapter (run --verify: both legs start from the same LoRA A and B)."""
+        from . import lora as lora_mod
+
+        c = self.spec.compat
+        if c.init_adapter:
+            from safetensors.torch import load_file
+
+            adapter = load_file(c.init_adapter)
+            if self.lora_info.tied_groups:  # a tied group starts from its owner's A; the file must agree
+                for g in self.lora_info.tied_groups:
+                    a0 = adapter.get(f"base_model.model.{g[0]}.lora_A.weight")
+                    for m in g[1:]:
+                        am = adapter.get(f"base_model.model.{m}.lora_A.weight")
+                        if a0 is not None and am is not None and not torch.equal(a0, am):
+                            raise RunError(f"nemo_compat.init_adapter: {m} has its own A but the run ties it to {g[0]}",
+                                           key="nemo_compat.init_adapter")
+            try:
+                want = lora_mod.trainable_keys_from_adapter(adapter, self.lora_info)
+            except KeyError as e:
+                raise RunError(f"nemo_compat.init_adapter has no LoRA weights for {e.args[0]}",
+                               key="nemo_compat.init_adapter") from None
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for k, v in want.items():
+                    if k not in params or params[k].shape != v.shape:
+                        raise RunError(f"nemo_compat.init_adapter: {k} does not fit this model", key="nemo_compat.init_adapter")
+                    params[k].copy_(v.to(params[k].dtype))
+            self.log(f"peft: initial LoRA weights from {c.init_adapter}")
+        if c.save_init_adapter and (self.env is None or self.env.is_main):
+            from safetensors.torch import save_file
+
+            sd = {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in lora_mod.adapter_tensors(sd, self.lora_info).items()},
+                      str(self.run_dir / "initial_adapter.safetensors"))
+
     def _build_optim(self) -> None:
         from .optim import StepScheduler, build_lr_scheduler, build_optimizer
 
@@ -308,6 +331,12 @@ class Trainer:
                                    validate_on_checkpoint=s.validate_on_checkpoint, val_every_steps=s.val_every_steps,
                                    gc_every_steps=s.gc_every_steps)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, spec.lr_scheduler, total_steps=self.steps.total_steps)
+        if spec.compat.lr_values:
+            from .optim import ExplicitLR
+
+            self.lr_scheduler = ExplicitLR(self.optimizer, spec.compat.lr_values)
+            self.log(f"note: nemo_compat.lr_values: the learning rate of each step is given ({len(spec.compat.lr_values)} "
+                     "values); the lr_scheduler section is not used")
         lr = self.optimizer.param_groups[0]["lr"]
         self.log(f"schedule: {self.steps.max_steps} steps max, {self.steps.num_epochs} epoch(s) of "
                  f"{self.steps.epoch_len} steps; lr {lr:.3e} at step 0"
@@ -478,6 +507,14 @@ class Trainer:
         kwargs = {"input_ids": batch["input_ids"].to(dev, non_blocking=nb), "use_cache": False}
         if "position_ids" in batch:
             kwargs["position_ids"] = batch["position_ids"].to(dev, non_blocking=nb)
+            if self.spec.dist.sequence_parallel and self.spec.dist.tp > 1:
+                # packed batches (position ids restarting per sample): the block-diagonal causal mask of the full
+                # sequence; the model itself would size it from the sequence-sharded embeddings
+                from .data import packed_causal_mask
+
+                mask = packed_causal_mask(self.hf_config, kwargs["position_ids"])
+                if mask is not None:
+                    kwargs["attention_mask"] = mask
         elif self.spec.dist.sequence_parallel and self.spec.dist.tp > 1:
             # with sequence parallelism the embeddings leave the embedding layer sharded on the sequence dim, so
             # HF would derive rotary positions from the local length; give it the full positions
@@ -511,6 +548,13 @@ class Trainer:
                 bw.backward()
             report += rep.float()
         grad_norm = self.clip_grad_norm(spec.max_grad_norm)
+        finite = torch.isfinite(report.detach().reshape(1).float().to(grad_norm.device)).all() & torch.isfinite(grad_norm)
+        bad = self._all_reduce((~finite).float().reshape(1)).item() > 0
+        if bad:  # NaN/inf: do not let it into the weights; the caller stops the run
+            self.optimizer.zero_grad(set_to_none=True)
+            rep_all = self._all_reduce(report.reshape(1).clone()).item()
+            return {"loss": rep_all, "grad_norm": float(grad_norm), "num_label_tokens": step_tokens,
+                    "num_tokens": step_nonpad, "lr": lr_applied, "lr_applied": lr_applied, "nonfinite": True}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.lr_scheduler is not None:
@@ -614,11 +658,17 @@ class Trainer:
         self._install_signals()
         timer = Timer()
         last_loss = float("nan")
+        done_here = 0
         try:
             for epoch in self.steps.epochs:
                 self.steps.set_epoch(epoch)
+                if self.stop_after is not None and done_here >= self.stop_after:
+                    break
                 for batches in self.steps:
                     out = self.train_step(batches)
+                    done_here += 1
+                    if out.get("nonfinite"):
+                        self._stop_nonfinite(epoch, out)
                     dt = timer.lap()
                     rec = {"type": "train", "step": self.steps.step, "epoch": self.steps.epoch,
                            "loss": out["loss"], "grad_norm": out["grad_norm"], "lr": out["lr"],
@@ -646,9 +696,10 @@ class Trainer:
                         self.save_checkpoint(epoch, self.steps.step, out["loss"], val_losses)
                     if self.steps.is_gc_step:
                         gc.collect()
-                    if not math.isfinite(out["loss"]):
-                        self.log(f"warning: loss is {out['loss']} at step {self.steps.step}")
                     timer.reset()
+                    if self.stop_after is not None and done_here >= self.stop_after:
+                        self.log(f"stopping after {done_here} step(s) (--stop-after); the schedule was not changed")
+                        break
         finally:
             self._restore_signals()
             if self.progress is not None:
@@ -658,6 +709,23 @@ class Trainer:
         self.final_loss = last_loss
         if self.steps.sigterm_flag:
             self.log("stopped by a preemption signal after checkpointing")
+
+    def _stop_nonfinite(self, epoch: int, out: dict[str, Any]) -> None:
+        """A NaN/inf loss or gradient: the weights are left as they were before this step; save them and stop."""
+        step = self.steps.step
+        if self.env.is_main and self.metrics is not None:
+            self.metrics.write({"type": "train", "step": step, "epoch": epoch, "loss": out["loss"],
+                                "grad_norm": out["grad_norm"], "lr": out["lr"], "lr_applied": out["lr_applied"],
+                                "num_label_tokens": out["num_label_tokens"], "num_tokens": out["num_tokens"],
+                                "nonfinite": True})
+        where = ""
+        if self.spec.ckpt.enabled:
+            self.save_checkpoint(epoch, step, float("nan"), {})
+            last = getattr(self, "last_checkpoint", None)
+            where = f"; the weights from before this step are saved in {last}" if last else ""
+        raise RunError(f"the loss or gradient is not finite at step {step} (loss {out['loss']}, grad norm "
+                       f"{out['grad_norm']}): stopped without applying it{where}",
+                       hint="lower the learning rate, check the data of this step, or use bf16/fp32 instead of fp16")
 
     def finish(self) -> None:
         """--merge export, loss.png and the summary line."""
@@ -679,6 +747,18 @@ class Trainer:
                     self.log(f"merged model (base + LoRA, HF safetensors): {out}")
                 del sd
         if env.is_main:
+            import json as _json
+
+            s = self.spec
+            (self.run_dir / "summary.json").write_text(_json.dumps({
+                "steps": self.steps.step, "final_loss": getattr(self, "final_loss", None),
+                "total_params": self.num_params, "trainable_params": self.num_trainable,
+                "grad_acc_steps": s.step.grad_acc_steps, "local_batch_size": s.step.local_batch_size,
+                "world_size": env.world_size, "dp": s.dist.dp, "tp": s.dist.tp,
+                "lora_tied_groups": len(self.lora_info.tied_groups) if self.lora_info else 0,
+                "nemo_compat": {"lora_tied_a": s.compat.lora_tied_a, "loss_reduction": s.compat.loss_reduction,
+                                "master_weights": s.compat.master_weights, "no_decay_1d": s.compat.no_decay_1d,
+                                "lr_values": bool(s.compat.lr_values)}}, indent=2) + "\n")
             ok = plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png",
                              title=f"{Path(self.spec.config_path).parent.name}/{Path(self.spec.config_path).name}")
             last = getattr(self, "last_checkpoint", None)
@@ -688,12 +768,12 @@ class Trainer:
 
 
 def run_training(spec: Spec, *, run_dir: Path, raw_cfg: dict[str, Any], merge: bool,
-                 tokenizer_path: str | None, tokenizer_note: str | None) -> int:
+                 tokenizer_path: str | None, tokenizer_note: str | None, stop_after: int | None = None) -> int:
     """Run one process's share of the job; returns an exit code (errors are reported on rank 0)."""
     from .parallel import destroy
 
     tr = Trainer(spec, run_dir=run_dir, raw_cfg=raw_cfg, merge=merge, tokenizer_path=tokenizer_path,
-                 tokenizer_note=tokenizer_note)
+                 tokenizer_note=tokenizer_note, stop_after=stop_after)
     code = 0
     try:
         tr.setup()
