@@ -122,25 +122,57 @@ def diff(
 
 @app.command(context_settings={"allow_extra_args": False})
 def run(
-    config: Path = typer.Argument(..., help="An Automodel 0.7 YAML (e.g. one that `convert` wrote)."),
+    config: Path = typer.Argument(..., help="An Automodel 0.7 YAML (e.g. one that `convert` wrote); with --verify, the NeMo 2 job (directory or YAML)."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) on this node; >1 starts torchrun."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Override step_scheduler.max_steps."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop after N optimizer steps of the configured schedule (max_steps and the LR schedule unchanged)."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="A local HF model directory (weights + tokenizer)."),
     proxy_model: Optional[str] = typer.Option(None, "--proxy-model", help="Random-weight stand-in of the config's architecture: tiny, llama-1b, llama-8b, ..."),
-    set_: List[str] = typer.Option([], "--set", help="Override any key, as Automodel's --section.key value: --set dataset.path_or_dataset_id=/data/t.jsonl"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory for metrics.jsonl, loss.png (default: runs/<config name>)."),
+    set_: List[str] = typer.Option([], "--set", help="Override any key, as Automodel's --section.key value: --set dataset.path_or_dataset_id=/data/t.jsonl (with --verify: a NeMo-Run override of the source job)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory for metrics.jsonl, loss.png (default: runs/<config name>); with --verify, VERIFY_DIR (default: verify/)."),
     merge: bool = typer.Option(False, "--merge", help="After a LoRA run, also write the merged model (HF safetensors)."),
+    verify: bool = typer.Option(False, "--verify", help="Convert the NeMo 2 job, then train its NeMo meaning and its migration side by side and compare."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="--verify: recipe.py with the factory (default: next to the source)."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="--verify: the factory to start from."),
+    steps: int = typer.Option(20, "--steps", min=1, help="--verify: optimizer steps per leg."),
+    data: Optional[Path] = typer.Option(None, "--data", help="--verify: directory with training.jsonl (default: the job's dataset_root)."),
+    seq_length: Optional[int] = typer.Option(None, "--seq-length", min=8, help="--verify: run both legs with this seq_length (stated in the report)."),
+    migrated: Optional[Path] = typer.Option(None, "--migrated", help="--verify: an Automodel YAML (or directory) to verify instead of convert's output."),
+    json_: bool = typer.Option(False, "--json", help="--verify: print verify-report.json on stdout."),
 ) -> None:
-    """Train an Automodel 0.7 config with the bundled runtime (FSDP2, LoRA, FP8); needs `pip install nemo-migrate[runtime]`."""
+    """Train an Automodel 0.7 config with the bundled runtime (FSDP2, LoRA, FP8); needs `pip install nemo-migrate[runtime]`.
+
+    With --verify: prove that the migrated job trains like the NeMo 2 job (exit 0 within tolerance, 2 beyond, 1 error)."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
         _out().error_line("the runtime needs torch: pip install 'nemo-migrate[runtime]'")
         raise typer.Exit(1)
+    if verify:
+        from .diagnostics import MigrateError
+        from .verify import VerifyError, VerifyOptions, run_verify
+
+        c = _out()
+        vopts = VerifyOptions(source=config, recipe=recipe, factory=factory, sets=list(set_), steps=steps, proxy_model=proxy_model,
+                              model_path=model_path, data=data, nproc_per_node=nproc_per_node, out=out, seq_length=seq_length,
+                              migrated=migrated)
+        try:
+            code, report = run_verify(vopts, log=(lambda m: None) if json_ else c.info_line)
+        except MigrateError as e:
+            c.fail(e.diags, json_mode=json_)
+            raise typer.Exit(1)
+        except VerifyError as e:
+            c.error_line(f"verify: {e}")
+            raise typer.Exit(1)
+        if json_:
+            c.print_json(report)
+        else:
+            c.verify_report(report, out or Path("verify"))
+        raise typer.Exit(code)
     from runtime.api import RunOptions, run_main  # lazily: convert/diff never import torch
 
     code = run_main(RunOptions(config=config, nproc_per_node=nproc_per_node, max_steps=max_steps, model_path=model_path,
-                               proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge))
+                               proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge, stop_after=stop_after))
     raise typer.Exit(code)
 
 

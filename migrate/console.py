@@ -178,3 +178,62 @@ def diff_report(results, show_all: bool = False) -> None:
             con.print(f"[{_SEV_STYLE[f.severity]}]{f.severity}[{f.code}][/] {escape(f.location())}: {escape(f.message)}"
                       + (f"\n  [dim]hint:[/] {escape(f.hint)}" if f.hint else ""))
         con.print(summary_line(r))
+
+
+def verify_lines(report: dict) -> list[str]:
+    """The verify report as plain lines (also what a terminal without rich shows)."""
+    out: list[str] = []
+    for v in report["variants"]:
+        out.append(f"== {v['variant']} ({v['config']}): {v['verdict'].upper()} - rows marked exact stay within the "
+                   f"'{v['exact_rows_envelope']}' envelope; migrated vs reference: '{v['migrated_vs_reference']}'")
+        for n in v["notes"]:
+            out.append(f"   note: {n}")
+        if v.get("rejected"):
+            out.append(f"   the migrated config does not run: {v['rejected']}")
+        for n in v.get("unflagged_differences", []):
+            out.append(f"   NOT FLAGGED BY THE RULES: {n} differs from the NeMo job where the rule table says exact")
+        tokp = v["checks"]["tokenization"]
+        if tokp.get("same"):
+            out.append(f"   tokenization: the first {len(tokp['samples'])} samples are identical (ids, labels, EOS)")
+        else:
+            for s in tokp.get("samples", []):
+                if not s["same"]:
+                    n_diff = sum(1 for x in tokp["samples"] if not x["same"])
+                    out.append(f"   tokenization: {n_diff} of {len(tokp['samples'])} samples differ; sample {s['sample']} at token "
+                               f"{s['first_diff_at']}: NeMo {s['nemo_at_diff']} vs Automodel {s['automodel_at_diff']}; label tokens "
+                               f"{s['nemo_label_tokens']} vs {s['automodel_label_tokens']}; EOS at {s['nemo_eos_at']} vs {s['automodel_eos_at']}")
+                    break
+            if tokp.get("error"):
+                out.append(f"   tokenization: {tokp['error']}")
+        lr = v["checks"]["lr"]
+        out.append(f"   lr: max relative difference to NeMo's formula {lr['max_rel_diff']:.2e}"
+                   + (f" (step {lr['worst_step']}: {lr['migrated'][lr['worst_step']]:.4e} vs {lr['nemo'][lr['worst_step']]:.4e})" if lr["max_rel_diff"] > 1e-9 else ""))
+        tp = v["checks"].get("trainable_parameters") or {}
+        out.append("   trainable parameters: " + ", ".join(f"{k} {val:,}" if isinstance(val, int) else f"{k} ?" for k, val in tp.items()))
+        out.append(f"   {'leg':<34} {'loss@0':>10} {'loss@end':>10} {'max |dloss|':>12}  envelope")
+        for name, leg in v["legs"].items():
+            cmp = v["comparisons"].get(name)
+            loss = leg["loss"]
+            out.append(f"   {name:<34} {loss[0] if loss else float('nan'):>10.5f} {loss[-1] if loss else float('nan'):>10.5f} "
+                       f"{(cmp['max_abs_loss_diff'] if cmp else 0.0):>12.2e}  {cmp['loss_envelope'] if cmp else '(reference)'}")
+        for a in v["attribution"]:
+            out.append(f"   attribution {a['approximation']} [{a['rule']}, {a['rules_bucket']}]: max |dloss| {a['max_abs_loss_diff_with_it']:.2e} "
+                       f"with it, {a['max_abs_loss_diff_without_it']:.2e} without ({a['removed_means']})")
+        if v.get("plot"):
+            out.append(f"   plot: {v['plot']}")
+    return out
+
+
+def verify_report(report: dict, out_dir) -> None:
+    lines = verify_lines(report)
+    if _tty():
+        from rich.markup import escape
+
+        con = _rich()
+        for line in lines:
+            style = "bold green" if " PASS " in line else "bold red" if " FAIL " in line else ""
+            con.print(f"[{style}]{escape(line)}[/]" if style else escape(line))
+    else:
+        for line in lines:
+            print(line)
+    print(f"report: {out_dir}/verify-report.json", file=sys.stderr)

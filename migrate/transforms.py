@@ -940,8 +940,11 @@ def column_mapping(ctx: Ctx) -> Result | None:
         lit = [x for x in literals if x not in ("", " ")]
         return Result("unsupported", f"the template adds text {lit!r} around the fields; ColumnMappedTextInstructionDataset only joins "
                       "fields with single spaces, so that text is lost (pre-format the JSONL into the fields)")
-    return Result("exact", f"'{tmpl}' is exactly ColumnMapped's '<context> <question> <answer>' text; the prompt/answer token boundary "
-                  "is found by tokenising the prompt alone in both (`run --verify` checks tokenisation parity)")
+    return Result("approximate", f"'{tmpl}' is the same text as ColumnMapped's '<context> <question> <answer>', but the tokens differ: "
+                  "NeMo tokenizes each template piece on its own (the answer without its leading space) and trains every answer token "
+                  "and the EOS; Automodel tokenizes prompt + ' ' + answer in one piece and masks as many tokens as the prompt alone has. "
+                  "With byte-level BPE tokenizers (Llama 3, Qwen) the prompt's trailing space is a token of its own, so the first "
+                  "answer token is not trained (found by `run --verify`'s tokenization check; real Automodel 0.7 does the same)")
 
 
 def seq_truncation(ctx: Ctx) -> Result | None:

@@ -1,0 +1,116 @@
+"""`nemo-migrate run --verify` on CPU: a tiny Llama proxy, a tokenizer trained here, data written here.
+
+The reference leg is lowered from the NeMo job by migrate/verify.py (not by the rule table); the migrated leg is
+convert's output.  With every admitted approximation removed, the migrated leg must match the reference (the rows
+marked exact); the published guide's hand-written YAML must fail that check (it changes the learning rate)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from migrate.verify import ENVELOPES, envelope_of, nemo_lr, nemo_tokenize
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "golden" / "seed" / "input"
+GUIDE = ROOT / "tests" / "fixtures" / "guide"
+
+
+def test_nemo_lr_formula():
+    # CosineAnnealing with warmup: lr*(s+1)/(W+1) up to and including W, then cosine to min_lr at max_steps
+    assert nemo_lr(0, lr=1.0, warmup=4, max_steps=10, min_lr=0.0) == pytest.approx(1 / 5)
+    assert nemo_lr(4, lr=1.0, warmup=4, max_steps=10, min_lr=0.0) == pytest.approx(1.0)
+    assert nemo_lr(7, lr=1.0, warmup=4, max_steps=10, min_lr=0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert nemo_lr(10, lr=1.0, warmup=4, max_steps=10, min_lr=0.1) == pytest.approx(0.1)
+    assert nemo_lr(11, lr=1.0, warmup=4, max_steps=10, min_lr=0.1) == pytest.approx(0.1)
+    # the seed job: warmup 50 > max_steps 30, so every step is in warmup
+    assert [nemo_lr(s, lr=1e-4, warmup=50, max_steps=30, min_lr=0) for s in (0, 29)] == pytest.approx([1e-4 / 51, 30e-4 / 51])
+
+
+class _WordTok:
+    """Whitespace tokenizer with NeMo's view of HF tokenizers (tokenize() adds no special tokens)."""
+    eos_token_id, bos_token_id = 1, 0
+
+    def __init__(self):
+        self.vocab = {}
+
+    def tokenize(self, s):
+        return s.split()
+
+    def convert_tokens_to_ids(self, toks):
+        return [self.vocab.setdefault(t, len(self.vocab) + 10) for t in toks]
+
+
+def test_nemo_tokenize_template_pieces_eos_mask_and_truncation():
+    tok = _WordTok()
+    kw = dict(template="Q: {prompt} A: {completion}", label_key="completion", truncation_fields=["prompt"], add_bos=False,
+              add_eos=True, add_sep=False, answer_only_loss=True)
+    s = nemo_tokenize({"prompt": "a b c d", "completion": "x y"}, tok, seq_length=64, **kw)
+    full = s["full"]
+    assert len(full) == 1 + 4 + 1 + 2 + 1 and full[-1] == 1  # Q: | a b c d | A: | x y | </s>
+    assert s["context_len"] == 6
+    assert s["input_ids"] == full[:-1] and s["labels"][:5] == [-100] * 5 and s["labels"][5:] == full[6:]
+    # over length: the overflow comes out of the truncation field (prompt), the answer and EOS stay
+    t = nemo_tokenize({"prompt": "a b c d", "completion": "x y"}, tok, seq_length=8, **kw)
+    assert len(t["full"]) == 8 and t["full"][-3:] == full[-3:] and t["context_len"] == 5
+
+
+def test_envelopes_are_automodels_profiles():
+    assert ENVELOPES["standard"] == (1e-5, 0.002, 5e-3, 0.002)
+    assert envelope_of([2.0, 2.0], [2.0, 2.0])[0] == "strict"
+    assert envelope_of([2.0, 2.0], [2.0, 2.0 + 0.004])[0] == "standard"  # 5e-3 + 0.2% x 2 later
+    assert envelope_of([2.0, 2.0], [2.0 + 0.006, 2.0])[0] == "relaxed"  # first step: standard allows 1e-5 + 0.2% x 2 = 0.004, relaxed 0.0151
+    assert envelope_of([2.0], [2.5])[0] == "beyond"
+
+
+torch = pytest.importorskip("torch")
+
+
+def _job(tmp_path: Path) -> tuple[Path, Path]:
+    job = tmp_path / "nemo2"
+    job.mkdir()
+    for f in ("recipe.py", "config-fp16.yaml", "run.sh"):
+        (job / f).write_text((SEED / f).read_text())
+    data = tmp_path / "data"
+    data.mkdir()
+    with (data / "training.jsonl").open("w") as fh:
+        for i in range(96):
+            fh.write(json.dumps({"prompt": f"Question {i}: what is {i % 7} times {i % 5}?", "completion": f"It is {(i % 7) * (i % 5)}."}) + "\n")
+    return job, data
+
+
+def _verify(tmp_path, *extra):
+    job, data = _job(tmp_path)
+    out = tmp_path / "verify"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "migrate.cli", "run", "--verify", str(job / "config-fp16.yaml"), "--recipe", str(job / "recipe.py"),
+                        "--factory", "migration_recipe()", "--proxy-model", "tiny", "--steps", "4", "--data", str(data),
+                        "--seq-length", "64", "--out", str(out), *extra], capture_output=True, text=True, env=env, timeout=900)
+    return r, out
+
+
+def test_verify_seed_job_on_cpu(tmp_path):
+    r, out = _verify(tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((out / "verify-report.json").read_text())
+    v = rep["variants"][0]
+    assert v["verdict"] == "pass" and v["exact_rows_envelope"] in ("strict", "standard")
+    assert {a["approximation"] for a in v["attribution"]} >= {"lora_fused_vs_split", "loss_reduction", "master_weights"}
+    assert v["checks"]["lr"]["max_rel_diff"] < 1e-9  # convert reproduces NeMo's warmup exactly
+    tp = v["checks"]["trainable_parameters"]
+    assert tp["reference"] < tp["migrated"]  # one shared A for q/k/v and gate/up in NeMo
+    assert len(v["legs"]["reference"]["loss"]) == 4 and (out / "loss-curves.png").is_file()
+    assert "PASS" in r.stdout
+
+
+def test_verify_catches_the_guides_learning_rate(tmp_path):
+    """The published guide's YAML trains at 1e-5 without warmup: verify fails it (exit 2) and says why."""
+    r, out = _verify(tmp_path, "--migrated", str(GUIDE / "config-fp16.yaml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    v = json.loads((out / "verify-report.json").read_text())["variants"][0]
+    assert v["verdict"] == "fail" and v["checks"]["lr"]["max_rel_diff"] > 0.4  # 1e-6 flat vs NeMo's 1e-4/51 warmup start
+    assert "match_all_linear" in v["rejected"]  # and real Automodel 0.7 rejects the file (ValueError)
+    assert "lr_schedule" in v["unflagged_differences"]
