@@ -58,8 +58,102 @@ def has_fp8_hardware() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
-def convert_fp8(model: nn.Module, spec) -> list[str]:
-    """Swap eligible linears for Float8Linear in place; returns the converted FQNs."""
+_FROZEN_CLS = None
+
+
+def _frozen_class():
+    """Float8Linear for a frozen weight (LoRA base): torchao's backward always computes grad_weight (two casts and
+    a third GEMM per linear, then thrown away); here the backward computes grad_input only, and with one process
+    the frozen weight is cast to float8 once and kept (it never changes)."""
+    global _FROZEN_CLS
+    if _FROZEN_CLS is not None:
+        return _FROZEN_CLS
+    from torchao.float8.config import ScalingGranularity
+    from torchao.float8.float8_linear import Float8Linear
+    from torchao.float8.float8_scaling_utils import hp_tensor_to_float8_dynamic
+    from torchao.float8.float8_training_tensor import GemmInputRole
+    from torchao.float8.distributed_utils import tensor_already_casted_to_fp8
+
+    from torchao.float8.float8_training_tensor import Float8TrainingTensor
+    from torchao.float8.float8_utils import EPS
+
+    def _bits_and_scale(x: torch.Tensor, dtype: torch.dtype):
+        # torchao's tensorwise dynamic scaling (amax in float64 for the scale, saturated cast), as one fused kernel
+        amax = x.abs().amax().to(torch.float64)
+        scale = (torch.finfo(dtype).max / torch.clamp(amax, min=EPS)).to(torch.float32)
+        fmax = torch.finfo(dtype).max
+        return (x.to(torch.float32) * scale).clamp(-fmax, fmax).to(dtype), scale
+
+    fused = {}
+    from torch.distributed.tensor import DTensor
+
+    def cast(x: torch.Tensor, dtype: torch.dtype, mm_config, role):
+        if x.device.type != "cuda" or isinstance(x, DTensor):
+            return hp_tensor_to_float8_dynamic(x, dtype, mm_config, gemm_input_role=role)
+        fn = fused.get("fn")
+        if fn is None:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            fn = fused["fn"] = torch.compile(_bits_and_scale, dynamic=False)
+        bits, scale = fn(x, dtype)
+        return Float8TrainingTensor(bits, scale, x.dtype, linear_mm_config=mm_config, gemm_input_role=role)
+
+    class _FrozenMM(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w_t, mm_config, config, cached):
+            if cached is not None:
+                w8 = cached
+            elif tensor_already_casted_to_fp8(w_t):  # FSDP2 float8 all-gather already produced it
+                w8 = w_t
+            else:
+                w8 = cast(w_t, config.cast_config_weight.target_dtype, mm_config, GemmInputRole.WEIGHT)
+            x8 = cast(x, config.cast_config_input.target_dtype, mm_config, GemmInputRole.INPUT)
+            ctx.w8, ctx.mm_config, ctx.config = w8, mm_config, config
+            shape = x8.shape
+            out = torch.mm(x8.reshape(-1, shape[-1]), w8)
+            return out.reshape(*shape[:-1], out.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            shape = grad_out.shape
+            g8 = cast(grad_out.reshape(-1, shape[-1]), ctx.config.cast_config_grad_output.target_dtype, ctx.mm_config,
+                      GemmInputRole.GRAD_OUTPUT)
+            gi = torch.mm(g8, ctx.w8.t())
+            return gi.reshape(*shape[:-1], gi.shape[-1]), None, None, None, None
+
+    class FrozenFloat8Linear(Float8Linear):
+        cache_weight = False
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            if self.weight.requires_grad:
+                return super().forward(input)
+            if torch.is_autocast_enabled():
+                input = input.to(torch.get_autocast_gpu_dtype())
+            cached = None
+            if self.cache_weight and not tensor_already_casted_to_fp8(self.weight):
+                cached = self.__dict__.get("_w8")
+                if cached is None:
+                    with torch.no_grad():
+                        cached = cast(self.weight.t(), self.config.cast_config_weight.target_dtype, self.linear_mm_config,
+                                      GemmInputRole.WEIGHT)
+                    self.__dict__["_w8"] = cached
+            out = _FrozenMM.apply(input, self.weight.t(), self.linear_mm_config, self.config, cached)
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype)
+            return out
+
+    FrozenFloat8Linear.tensorwise = ScalingGranularity.TENSORWISE
+    FrozenFloat8Linear.fp8_cast = staticmethod(cast)
+    _FROZEN_CLS = FrozenFloat8Linear
+    return _FROZEN_CLS
+
+
+def convert_fp8(model: nn.Module, spec, *, frozen_base: bool = False, single_process: bool = False) -> list[str]:
+    """Swap eligible linears for Float8Linear in place; returns the converted FQNs.
+
+    ``frozen_base`` (a LoRA run: the base weights never train): tensorwise linears use the grad-input-only
+    backward (FrozenFloat8Linear); ``single_process`` also keeps each weight's float8 copy between steps."""
     cfg = torchao_config(spec)
     if not cfg.emulate and not has_fp8_hardware():
         raise RunError("FP8 needs an SM 8.9+ GPU (H100 or newer), or emulation", key="fp8.emulate", found=False,
@@ -74,7 +168,16 @@ def convert_fp8(model: nn.Module, spec) -> list[str]:
     except Exception as e:  # noqa: BLE001 - report clearly instead of 0.7's silent bf16 fallback
         raise RunError(f"torchao float8 conversion failed: {type(e).__name__}: {e}", key="fp8",
                        hint="set fp8.enabled=false, or add the failing modules to fp8.filter_fqns") from None
-    return [n for n, m in model.named_modules() if isinstance(m, Float8Linear)]
+    converted = [n for n, m in model.named_modules() if isinstance(m, Float8Linear)]
+    if frozen_base and spec.recipe_name in (None, "tensorwise"):
+        cls = _frozen_class()
+        mods = dict(model.named_modules())
+        for n in converted:
+            m = mods[n]
+            if type(m) is Float8Linear:
+                m.__class__ = cls
+                m.cache_weight = single_process
+    return converted
 
 
 def wants_precompute(spec, dp_shard: int) -> bool:

@@ -101,6 +101,7 @@ class ModelSpec:
     dtype: str  # "auto" or a torch dtype name
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    use_liger_kernel: bool = True  # 0.7's default: Liger's fused kernels where the package and a GPU are there
 
 
 @dataclass
@@ -595,6 +596,7 @@ def _model(cfg: dict, ctx: _Ctx, opts) -> ModelSpec:
     if isinstance(conf, dict):
         conf = conf.get("pretrained_model_name_or_path")
     trust = bool(sec.get("trust_remote_code", False))
+    liger = _bool(sec.get("use_liger_kernel", True), ctx, "model.use_liger_kernel")
     if opts.model_path is not None:
         p = Path(opts.model_path)
         if not (p / "config.json").is_file():
@@ -603,15 +605,15 @@ def _model(cfg: dict, ctx: _Ctx, opts) -> ModelSpec:
         if not has_weights(p):
             raise RunError("--model-path has no weights (*.safetensors / pytorch_model*.bin)", key="--model-path",
                            found=str(p), hint="use --proxy-model to train random weights of this shape instead")
-        return ModelSpec("pretrained", str(name or conf or p), str(p), None, dtype, attn, trust)
+        return ModelSpec("pretrained", str(name or conf or p), str(p), None, dtype, attn, trust, liger)
     if opts.proxy_model:
-        return ModelSpec("proxy", str(name or conf or ""), None, str(opts.proxy_model), dtype, attn, trust)
+        return ModelSpec("proxy", str(name or conf or ""), None, str(opts.proxy_model), dtype, attn, trust, liger)
     if from_config:
         if conf is None:
             raise ctx.err("model.config", "from_config needs `config:` (a local config dir or config.json)")
         cp = Path(str(conf))
         if cp.is_file() or (cp / "config.json").is_file():
-            return ModelSpec("config", str(conf), str(cp.parent if cp.is_file() else cp), None, dtype, attn, trust)
+            return ModelSpec("config", str(conf), str(cp.parent if cp.is_file() else cp), None, dtype, attn, trust, liger)
         raise ctx.err("model.config", "is not a local config (the bundled runtime has no hub access)", found=conf,
                       hint="--proxy-model tiny|llama-1b|llama-8b, or --set model.config=/path/to/config_dir")
     if name is None:
@@ -622,7 +624,7 @@ def _model(cfg: dict, ctx: _Ctx, opts) -> ModelSpec:
         if not (p / "config.json").is_file() or not has_weights(p):
             raise ctx.err("model.pretrained_model_name_or_path", "local directory has no config.json/weights",
                           found=str(p), hint="--proxy-model tiny to run random weights of this shape")
-        return ModelSpec("pretrained", str(name), str(p), None, dtype, attn, trust)
+        return ModelSpec("pretrained", str(name), str(p), None, dtype, attn, trust, liger)
     raise ctx.err("model.pretrained_model_name_or_path",
                   "the model is not on this machine and the runtime never downloads (no hub access)", found=str(name),
                   hint="pass --model-path /local/hf/dir, or --proxy-model tiny|llama-1b|llama-8b for random weights "

@@ -95,6 +95,7 @@ class Trainer:
         self.meshes = None
         self.tok = None
         self.lora_info = None
+        self.liger = None
         self.progress = None
         self.metrics = None
         self._signal = False
@@ -169,6 +170,9 @@ class Trainer:
                               exclude_token_ids=p.get("exclude_token_ids"), seed=self.spec.seed + (0 if train else 7),
                               dp_rank=m.dp_rank)
         pad_div = ds_spec.pad_seq_len_divisible
+        if self.spec.fp8 is not None and not ds_spec.packing:
+            # float8 GEMMs need the token dim divisible by 16 (torch._scaled_mm); padded positions carry label -100
+            pad_div = math.lcm(pad_div or 1, 16)
         if self.spec.dist.sequence_parallel and self.spec.dist.tp > 1:
             # sequence parallelism shards the sequence dim evenly: pad batches to a multiple of tp (labels -100)
             pad_div = math.lcm(pad_div or 1, self.spec.dist.tp)
@@ -237,8 +241,16 @@ class Trainer:
                     cast_params(model, frozen=torch_dtype(spec.dist.param_dtype))  # 0.7: frozen storage = compute
             elif spec.compat.master_weights == "fp32":
                 cast_params(model, trainable=torch.float32)
+            from .kernels import apply_liger
+
+            self.liger = apply_liger(model, spec.model, device=env.device, tp=spec.dist.tp,
+                                     ignore_index=spec.loss_ignore_index,
+                                     compiled=bool(spec.compile.enabled or spec.dist.enable_compile))
+            if self.liger:
+                self.log(f"kernels: {self.liger}")
             if spec.fp8 is not None:
-                converted = convert_fp8(model, spec.fp8)
+                converted = convert_fp8(model, spec.fp8, frozen_base=spec.peft is not None,
+                                        single_process=env.world_size == 1)
                 self.log(f"fp8: {len(converted)} linear(s) run in float8 ({spec.fp8.recipe_name or 'tensorwise'}"
                          f"{', emulated' if spec.fp8.emulate else ''})" + (
                              "; LoRA adapters wrap the FP8 base linears and stay trainable"
@@ -262,7 +274,16 @@ class Trainer:
         if spec.compile.enabled or spec.dist.enable_compile:
             compile_layers(model, spec.compile)
         self.inner = model
-        if spec.dist.strategy == "fsdp2":
+        one_gpu_plain = (spec.dist.strategy == "fsdp2" and env.world_size == 1 and env.device.type == "cuda"
+                         and not spec.dist.offload and spec.dist.param_dtype is not None
+                         and all(p.dtype == getattr(torch, spec.dist.param_dtype) for p in model.parameters()))
+        if one_gpu_plain:
+            # one GPU and every parameter already in the compute dtype: FSDP2 would only copy each layer's weights
+            # in and out around every micro-batch; Automodel 0.7 also trains unwrapped on one rank
+            self.model = model
+            self.log("note: one GPU with every parameter in the compute dtype: FSDP2 wrapping skipped (as Automodel 0.7 "
+                     "does on one rank); gradients accumulate in that dtype")
+        elif spec.dist.strategy == "fsdp2":
             self.model = apply_fsdp(model, self.meshes, spec.dist)
         else:
             self.model = apply_ddp(model, env, spec.dist)
@@ -523,6 +544,10 @@ class Trainer:
         # attention_mask is not passed: the collater pads on the right only, so causal attention never lets a real
         # token see padding and SDPA can take its causal kernel; padded positions carry label -100.
         with self._autocast():
+            if getattr(self, "liger", None):
+                from .kernels import lce_sum
+
+                return lce_sum(self.model, kwargs, labels)
             out = self.model(**kwargs)
             logits = out.logits if hasattr(out, "logits") else out
             ce = masked_ce_sum(logits, labels, ignore_index=self.spec.loss_ignore_index,
@@ -785,6 +810,12 @@ def run_training(spec: Spec, *, run_dir: Path, raw_cfg: dict[str, Any], merge: b
         code = 1
     except KeyboardInterrupt:
         code = 130
+    except torch.OutOfMemoryError as e:
+        if tr.env is None or tr.env.is_main:
+            first = str(e).split(". ")[0]
+            print(f"nemo-migrate run: error: out of GPU memory ({first}). Hint: distributed.activation_checkpointing: true, "
+                  "a smaller step_scheduler.local_batch_size, or more GPUs (FSDP2 shards the model)", file=sys.stderr, flush=True)
+        code = 1
     except Exception as e:  # noqa: BLE001
         if os.environ.get("NEMO_MIGRATE_DEBUG"):
             raise

@@ -1,0 +1,50 @@
+"""GPU evidence for `run --verify`: the user's seed job (golden/seed/input: fp16 and fp8 variants) verified with a
+Llama-3.2-1B-shaped proxy (random weights) on synthetic instruction data written here, 20 steps per leg.
+
+    python bench/verify_seed.py OUT_DIR [--steps 20] [--proxy llama-1b]
+
+Writes OUT_DIR/verify-report.json and OUT_DIR/<variant>/loss-curves.png (plus the legs' logs under OUT_DIR/work)."""
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    steps = sys.argv[sys.argv.index("--steps") + 1] if "--steps" in sys.argv else "20"
+    proxy = sys.argv[sys.argv.index("--proxy") + 1] if "--proxy" in sys.argv else "llama-1b"
+    work = out / "work"
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1234)
+    words = "model data train answer question token layer weight batch step learning rate value system result".split()
+    with (data / "training.jsonl").open("w") as fh:
+        for i in range(1024):
+            q = " ".join(rng.choice(words) for _ in range(rng.randint(8, 60)))
+            a = " ".join(rng.choice(words) for _ in range(rng.randint(4, 40)))
+            fh.write(json.dumps({"prompt": f"Question {i}: {q}?", "completion": f"{a}."}) + "\n")
+    src = ROOT / "golden" / "seed" / "input"
+    variant = sys.argv[sys.argv.index("--variant") + 1] if "--variant" in sys.argv else None
+    target = [str(src / f"config-{variant}.yaml"), "--recipe", str(src / "recipe.py"), "--factory", "migration_recipe()"] if variant else [str(src)]
+    cmd = [sys.executable, "-m", "migrate.cli", "run", "--verify", *target, "--proxy-model", proxy,
+           "--steps", steps, "--data", str(data), "--out", str(work / "verify")]
+    print("command: nemo-migrate " + " ".join(cmd[3:]), flush=True)
+    r = subprocess.run(cmd, text=True)
+    v = work / "verify"
+    if (v / "verify-report.json").is_file():
+        shutil.copy(v / "verify-report.json", out / "verify-report.json")
+    for p in list(v.glob("*/loss-curves.png")) + list(v.glob("loss-curves.png")):
+        name = p.parent.name if p.parent != v else (variant or "all")
+        (out / name).mkdir(exist_ok=True)
+        shutil.copy(p, out / name / "loss-curves.png")
+    print(f"exit {r.returncode}")
+    return r.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
