@@ -6,7 +6,7 @@ OUT    ?= out/seed
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev example test golden golden-update bench-convert bench-limits fuzz clean
+.PHONY: setup setup-dev example test golden golden-update bench bench-convert bench-limits fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,17 @@ FUZZ_EXAMPLES ?= 3000
 fuzz: setup-dev
 	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RECORD=bench/results/fuzz-$$(date +%F).json \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+# GPU only (bench/README.md): the runtime on Automodel's LoRA benchmark workload, recorded in bench/results/.
+# BENCH_PY is a python with CUDA torch and the runtime's packages; add Automodel's side-by-side JSON with
+# bench/record.py --automodel (../shared/bench/automodel-anchor/ says how to run it).
+BENCH_PY  ?= $(BIN)/python
+BENCH_OUT ?= bench-out
+bench:
+	$(BENCH_PY) bench/runtime_speed.py --shape llama8b --variants bf16,bf16-compile,fp8,fp8-compile --out $(BENCH_OUT)/llama8b
+	$(BENCH_PY) bench/runtime_speed.py --shape llama1b --variants bf16,fp8-compile --out $(BENCH_OUT)/llama1b
+	$(BENCH_PY) bench/record.py --ours $(BENCH_OUT)/llama8b/runtime-speed-llama8b.json $(BENCH_OUT)/llama1b/runtime-speed-llama1b.json \
+	  --out bench/results/$$(date +%F)-gpu.json
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache

@@ -10,8 +10,8 @@ attention counted in full, x3 for forward+backward, x2/3 because frozen weights 
 over 989 TFLOP/s dense BF16 (H100 SXM), for the FP8 rows too.
 
     python bench/runtime_speed.py --shape llama1b --variants bf16,bf16-compile --steps 12 --out DIR
-writes DIR/runtime-speed-<shape>.json and prints a table; `--record` also writes bench/results/<date>-<device>.json
-(merged with what is there).
+writes DIR/runtime-speed-<shape>.json and prints a table; bench/record.py merges such files (and Automodel's own
+benchmark JSON from ../shared/bench/automodel-anchor) into bench/results/<date>-<device>.json with the ratios.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PEAK = 989e12
 
 VARIANTS = {
-    # name: (fp8, compile, activation checkpointing, liger)
+    # name: (fp8, compile, activation checkpointing, liger); "full-" variants train every weight (no LoRA)
     "bf16": (False, False, False, True),
     "bf16-compile": (False, True, False, True),
     "bf16-ac": (False, False, True, True),
@@ -39,14 +39,16 @@ VARIANTS = {
     "fp8-ac": (True, False, True, True),
     "fp8-compile": (True, True, False, True),
     "fp8-compile-ac": (True, True, True, True),
+    "full-bf16": (False, False, False, True),
+    "full-bf16-ac": (False, False, True, True),
 }
 
 
-def flops_per_token(cfg: dict, seq: int) -> float:
+def flops_per_token(cfg: dict, seq: int, lora: bool = True) -> float:
     H, L, V, I = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"], cfg["intermediate_size"]
     kv = cfg["num_key_value_heads"] * (H // cfg["num_attention_heads"])
     fwd = 2 * (L * (H * (H + 2 * kv) + H * H + 3 * H * I) + H * V) + L * 4 * seq * H
-    return 3 * fwd * 2 / 3
+    return 3 * fwd * 2 / 3 if lora else 3 * fwd
 
 
 def config_for(shape_dir: Path, variant: str, seq: int, work: Path) -> dict:
@@ -58,8 +60,6 @@ def config_for(shape_dir: Path, variant: str, seq: int, work: Path) -> dict:
                            "val_every_steps": 100000},
         "model": {"_target_": "nemo_automodel.NeMoAutoModelForCausalLM.from_config", "config": str(shape_dir),
                   "torch_dtype": "bf16", "use_liger_kernel": liger},
-        "peft": {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", "target_modules": "*_proj", "dim": 16,
-                 "alpha": 32, "dropout": 0.1},
         "distributed": {"strategy": "fsdp2", "tp_size": 1, "cp_size": 1, "activation_checkpointing": ac},
         "loss_fn": {"_target_": "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy"},
         "dataset": {"_target_": "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset",
@@ -68,6 +68,11 @@ def config_for(shape_dir: Path, variant: str, seq: int, work: Path) -> dict:
         "optimizer": {"_target_": "torch.optim.AdamW", "betas": [0.9, 0.999], "eps": 1e-8, "lr": 1e-5, "weight_decay": 0.01},
         "checkpoint": {"enabled": False},
     }
+    if not variant.startswith("full-"):
+        cfg = {**{k: v for k, v in cfg.items() if k != "distributed"},
+               "peft": {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", "target_modules": "*_proj",
+                        "dim": 16, "alpha": 32, "dropout": 0.1},
+               "distributed": cfg["distributed"]}
     if compile_:
         cfg["compile"] = {"enabled": True, "dynamic": False}
     if fp8:
@@ -76,16 +81,17 @@ def config_for(shape_dir: Path, variant: str, seq: int, work: Path) -> dict:
     return cfg
 
 
-def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out: Path, timeout: int) -> dict:
+def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out: Path, timeout: int,
+                nproc: int = 1) -> dict:
     import yaml
 
     shape_dir = ROOT / "bench" / "shapes" / shape
-    work = out / f"{shape}-{variant}"
+    work = out / (f"{shape}-{variant}" + (f"-x{nproc}" if nproc > 1 else ""))
     work.mkdir(parents=True, exist_ok=True)
     cfgd = config_for(shape_dir, variant, seq, work)
     (work / "config.yaml").write_text(yaml.safe_dump(cfgd, sort_keys=False))
     cmd = [sys.executable, "-m", "migrate.cli", "run", str(work / "config.yaml"), "--out", str(work / "run"),
-           "--stop-after", str(steps)]
+           "--stop-after", str(steps)] + (["--nproc-per-node", str(nproc)] if nproc > 1 else [])
     t0 = time.time()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -93,7 +99,7 @@ def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out
     except subprocess.TimeoutExpired as e:
         rc, log = "timeout", ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")) + "\n[timeout]"
     (work / "output.txt").write_text(log)
-    res = {"shape": shape, "variant": variant, "command": " ".join(cmd[1:]), "exit": rc, "wall_s": round(time.time() - t0, 1)}
+    res = {"shape": shape, "variant": variant, "gpus": nproc, "lora": not variant.startswith("full-"), "command": " ".join(cmd[1:]), "exit": rc, "wall_s": round(time.time() - t0, 1)}
     mfile = work / "run" / "metrics.jsonl"
     steps_m = [json.loads(l) for l in mfile.read_text().splitlines() if '"train"' in l] if mfile.is_file() else []
     res["steps_done"] = len(steps_m)
@@ -102,7 +108,7 @@ def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out
     meas = steps_m[warmup:]
     if meas:
         mcfg = json.loads((shape_dir / "config.json").read_text())
-        fpt = flops_per_token(mcfg, seq)
+        fpt = flops_per_token(mcfg, seq, lora=res["lora"])
         tps = statistics.median(m["tokens_per_s_per_gpu"] for m in meas)
         res.update({
             "measured_steps": len(meas), "warmup_steps_excluded": warmup,
@@ -152,20 +158,22 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--timeout", type=int, default=540)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--nproc", default="1", help="GPUs per run; a comma list runs each variant at each size")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for v in args.variants.split(","):
-        res = run_variant(args.shape, v, args.steps, args.warmup, args.seq, args.out, args.timeout)
+    for v, n in [(v, int(n)) for v in args.variants.split(",") for n in args.nproc.split(",")]:
+        res = run_variant(args.shape, v, args.steps, args.warmup, args.seq, args.out, args.timeout, n)
         if res["exit"] != 0 and "out of memory" in (res.get("error") or "").lower() and f"{v}-ac" in VARIANTS:
             results.append(res)  # recorded: this setting does not fit; the same with activation checkpointing
-            res = run_variant(args.shape, f"{v}-ac", args.steps, args.warmup, args.seq, args.out, args.timeout)
+            res = run_variant(args.shape, f"{v}-ac", args.steps, args.warmup, args.seq, args.out, args.timeout, n)
         results.append(res)
-        print(json.dumps({k: res.get(k) for k in ("shape", "variant", "exit", "tokens_per_s_per_gpu", "mfu_pct", "peak_mem_gib",
+        print(json.dumps({k: res.get(k) for k in ("shape", "variant", "gpus", "exit", "tokens_per_s_per_gpu", "mfu_pct", "peak_mem_gib",
                                                   "step_time_s", "measured_steps", "trainable_params", "error")}), flush=True)
     doc = {"benchmark": "runtime speed, Automodel LoRA benchmark workload", "date": _dt.date.today().isoformat(),
            "device": device(), "versions": versions(), "peak_flops": PEAK,
-           "flop_formula": "3 x forward x 2/3 (LoRA: no weight grads); forward = 2 x matmul params + 4 x L x seq x H",
+           "flop_formula": "3 x forward x 2/3 for LoRA (frozen weights get no weight grads), 3 x forward for full "
+                           "fine-tuning; forward = 2 x matmul params + 4 x L x seq x H",
            "command": "python bench/runtime_speed.py " + " ".join(sys.argv[1:]), "results": results}
     (args.out / f"runtime-speed-{args.shape}.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"{'variant':<18} {'tok/s/GPU':>10} {'MFU%':>6} {'mem GiB':>8} {'s/step':>7}")

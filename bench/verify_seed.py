@@ -1,8 +1,12 @@
 """GPU evidence for `run --verify`: the user's seed job (golden/seed/input: fp16 and fp8 variants) verified with a
 Llama-3.2-1B-shaped proxy (random weights) on synthetic instruction data written here, 20 steps per leg.
 
-    python bench/verify_seed.py OUT_DIR [--steps 20] [--proxy llama-1b]
+    python bench/verify_seed.py OUT_DIR [--variant fp16|fp8] [--steps 20] [--proxy llama-1b] [--jobs 3]
 
+For fp8, convert emits `fp8.enabled: false` (Automodel 0.7.0 drops LoRA adapters under FP8, rule FP8001); the
+migrated leg here is that config with FP8 switched back on for the bundled runtime (tensorwise, frozen base in FP8,
+adapters in bf16, lm_head excluded) -- what `nemo-migrate run ... --set fp8.enabled=true --set fp8.filter_fqns=[lm_head]`
+trains -- so the report measures FP8's effect (attribution `fp8_scaling`).
 Writes OUT_DIR/verify-report.json and OUT_DIR/<variant>/loss-curves.png (plus the legs' logs under OUT_DIR/work)."""
 import json
 import random
@@ -31,8 +35,26 @@ def main() -> int:
     src = ROOT / "golden" / "seed" / "input"
     variant = sys.argv[sys.argv.index("--variant") + 1] if "--variant" in sys.argv else None
     target = [str(src / f"config-{variant}.yaml"), "--recipe", str(src / "recipe.py"), "--factory", "migration_recipe()"] if variant else [str(src)]
+    jobs = sys.argv[sys.argv.index("--jobs") + 1] if "--jobs" in sys.argv else "1"
+    extra = []
+    if variant == "fp8":
+        conv = work / "converted"
+        subprocess.run([sys.executable, "-m", "migrate.cli", "convert", target[0], "--recipe", target[2], "--factory", target[4],
+                        "-o", str(conv), "--force"], check=True, stdout=subprocess.DEVNULL)
+        from ruamel.yaml import YAML
+
+        y = YAML()
+        doc = y.load((conv / "config-fp8.yaml").read_text())
+        doc["fp8"]["enabled"] = True
+        doc["fp8"]["filter_fqns"] = ["lm_head"]
+        import torch
+
+        doc["fp8"]["emulate"] = not torch.cuda.is_available()  # CPU check runs only: torchao's emulated FP8
+        with (work / "migrated-fp8-runtime.yaml").open("w") as fh:
+            y.dump(doc, fh)
+        extra = ["--migrated", str(work / "migrated-fp8-runtime.yaml")]
     cmd = [sys.executable, "-m", "migrate.cli", "run", "--verify", *target, "--proxy-model", proxy,
-           "--steps", steps, "--data", str(data), "--out", str(work / "verify")]
+           "--steps", steps, "--data", str(data), "--out", str(work / "verify"), "--jobs", jobs, *extra]
     print("command: nemo-migrate " + " ".join(cmd[3:]), flush=True)
     r = subprocess.run(cmd, text=True)
     v = work / "verify"

@@ -137,6 +137,7 @@ def run(
     steps: int = typer.Option(20, "--steps", min=1, help="--verify: optimizer steps per leg."),
     data: Optional[Path] = typer.Option(None, "--data", help="--verify: directory with training.jsonl (default: the job's dataset_root)."),
     seq_length: Optional[int] = typer.Option(None, "--seq-length", min=8, help="--verify: run both legs with this seq_length (stated in the report)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="--verify: attribution legs run at once (independent runs; on one GPU they share it)."),
     migrated: Optional[Path] = typer.Option(None, "--migrated", help="--verify: an Automodel YAML (or directory) to verify instead of convert's output."),
     json_: bool = typer.Option(False, "--json", help="--verify: print verify-report.json on stdout."),
 ) -> None:
@@ -154,7 +155,7 @@ def run(
 
         c = _out()
         vopts = VerifyOptions(source=config, recipe=recipe, factory=factory, sets=list(set_), steps=steps, proxy_model=proxy_model,
-                              model_path=model_path, data=data, nproc_per_node=nproc_per_node, out=out, seq_length=seq_length,
+                              model_path=model_path, data=data, nproc_per_node=nproc_per_node, out=out, seq_length=seq_length, jobs=jobs,
                               migrated=migrated)
         try:
             code, report = run_verify(vopts, log=(lambda m: None) if json_ else c.info_line)

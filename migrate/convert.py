@@ -224,9 +224,9 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
 
 def _is_nemo1(p: Path) -> bool:
     from .sources.nemo1 import detect
-    from .sources.yaml_source import load_yaml_file
+    from .sources.yaml_source import load_yaml_outline
 
-    return detect(load_yaml_file(p, p.name, Diagnostics())) is not None
+    return detect(load_yaml_outline(p, p.name, Diagnostics())) is not None
 
 
 def _looks_like_recipe(p: Path) -> bool:

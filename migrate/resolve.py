@@ -84,9 +84,9 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
     """Build the effective job or raise MigrateError (every problem found is in ``diags``)."""
     if len(inp.yamls) == 1:
         from .sources import nemo1
-        from .sources.yaml_source import load_yaml_file
+        from .sources.yaml_source import load_yaml_outline
 
-        fmt = nemo1.detect(load_yaml_file(inp.yamls[0][0], inp.yamls[0][1], Diagnostics()))
+        fmt = nemo1.detect(load_yaml_outline(inp.yamls[0][0], inp.yamls[0][1], Diagnostics()))
         if fmt is not None:
             return _resolve_nemo1(inp, fmt, diags)
     if module is None and inp.recipe is not None:

@@ -775,7 +775,8 @@ def fp8(ctx: Ctx) -> Result | None:
             reasons.insert(0, f"FP8 + LoRA: {evidence}; the adapted projections ({', '.join(adapted)}) are kept out of FP8 "
                               f"with filter_fqns, FP8 stays on {', '.join(rest)}")
         ctx.note("warning", "FP8 with LoRA cannot run as NeMo ran it on Automodel 0.7.0: see FP8001 in the report. "
-                 "To keep FP8 on the frozen base weights with bf16 adapters, run the emitted config with `nemo-migrate run`.")
+                 "To keep FP8 on the frozen base weights with bf16 adapters, train the emitted config with the bundled runtime: "
+                 "`nemo-migrate run CONFIG --set fp8.enabled=true --set \"fp8.filter_fqns=['lm_head']\"`.")
     ctx.set("fp8.enabled", enabled, *src)
     ctx.set("fp8.recipe_name", recipe_name, *src)
     ctx.set("fp8.enable_fsdp_float8_all_gather", gather and recipe_name == "tensorwise", "trainer.plugins.fp8_param_gather", "trainer.plugins.fp8_params")

@@ -114,3 +114,33 @@ def test_verify_catches_the_guides_learning_rate(tmp_path):
     assert v["verdict"] == "fail" and v["checks"]["lr"]["max_rel_diff"] > 0.4  # 1e-6 flat vs NeMo's 1e-4/51 warmup start
     assert "match_all_linear" in v["rejected"]  # and real Automodel 0.7 rejects the file (ValueError)
     assert "lr_schedule" in v["unflagged_differences"]
+
+
+def test_verify_fp8_attributes_fp8_and_runs_legs_in_parallel(tmp_path):
+    """The seed fp8 job with FP8 switched on for the runtime (emulated on CPU): FP8's effect is its own attribution
+    row (removed = BF16 like the reference), the exact rows still pass, and --jobs runs the attribution legs at once."""
+    job, data = _job(tmp_path)
+    (job / "config-fp8.yaml").write_text((SEED / "config-fp8.yaml").read_text())
+    conv = tmp_path / "converted"
+    subprocess.run([sys.executable, "-m", "migrate.cli", "convert", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
+                    "--factory", "migration_recipe()", "-o", str(conv), "-q"], check=True, capture_output=True)
+    text = (conv / "config-fp8.yaml").read_text()
+    assert "enabled: false" in text.split("fp8:", 1)[1].split("\n")[1]  # convert keeps FP8 off for real Automodel 0.7 (FP8001)
+    import yaml
+
+    doc = yaml.safe_load(text)
+    doc["fp8"].update(enabled=True, filter_fqns=["lm_head"], emulate=True)
+    (tmp_path / "migrated-fp8.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "verify"
+    r = subprocess.run([sys.executable, "-m", "migrate.cli", "run", "--verify", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
+                        "--factory", "migration_recipe()", "--proxy-model", "tiny", "--steps", "3", "--data", str(data),
+                        "--seq-length", "64", "--out", str(out), "--migrated", str(tmp_path / "migrated-fp8.yaml"), "--jobs", "3"],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    v = json.loads((out / "verify-report.json").read_text())["variants"][0]
+    assert v["verdict"] == "pass" and v["exact_rows_envelope"] in ("strict", "standard")
+    assert "fp8_scaling" in {a["approximation"] for a in v["attribution"]}
+    legs = v["legs"]
+    assert "fp8" not in yaml.safe_load(Path(legs["migrated-without-fp8_scaling"]["config"]).read_text())
+    assert yaml.safe_load(Path(legs["migrated"]["config"]).read_text())["fp8"]["enabled"] is True
+    assert all(len(l["loss"]) == 3 for l in legs.values())

@@ -308,6 +308,27 @@ def load_yaml_file(path: Path, display: str, diags: Diagnostics, code: str = "NM
     return None
 
 
+def load_yaml_outline(path: Path, display: str, diags: Diagnostics, depth: int = 2) -> Any:
+    """The file's mappings down to ``depth`` levels (deeper mappings as empty dicts, lists as empty lists, scalars as
+    read): what format detection needs, without building every value of a large file."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    node = compose_file(path, display, diags)
+    b = _Builder()
+
+    def outline(n: Any, level: int) -> Any:
+        if isinstance(n, MappingNode):
+            return {k: outline(v, level + 1) for k, v in b.pairs(n)} if level < depth else {}
+        if isinstance(n, SequenceNode):
+            return []
+        return b.scalar(n)
+
+    try:
+        return outline(node, 0) if node is not None else None
+    except (YamlError, RecursionError):
+        return None
+
+
 def read_nemo_yaml(path: Path, display: str, diags: Diagnostics) -> YamlOverrides | None:
     """Flatten a NeMo-Run ``--yaml`` file into dotted overrides with positions."""
     from ruamel.yaml.nodes import MappingNode

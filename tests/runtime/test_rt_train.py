@@ -373,3 +373,25 @@ def test_preemption_signal_checkpoints_and_stops(cfg_factory, tmp_path):
     assert (_ckpt_root(c) / "LATEST").resolve().name == "epoch_0_step_0"
     assert run(c, tmp_path / "r2", max_steps=2) == 0  # and the next run resumes after it
     assert [r["step"] for r in metrics(tmp_path / "r2")] == [1]
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_saves_the_weights_before_it(cfg_factory, tmp_path, capsys):
+    """A learning rate of 1e30 blows the adapters up after the first update: the next step's loss is not finite.
+    The run stops with exit 1 and a message naming that step, without applying it, and the checkpoint it leaves
+    holds the (finite) weights from before it."""
+    import re
+
+    c = cfg_factory("nan.yaml", ckpt=True, mutate=lambda c: (c["optimizer"].update(lr=1e30),
+                                                             c["step_scheduler"].update(global_batch_size=2, ckpt_every_steps=100)))
+    capsys.readouterr()
+    assert run(c, tmp_path / "r", max_steps=6) == 1
+    err = capsys.readouterr().err
+    m = re.search(r"not finite at step (\d+)", err)
+    assert m, err
+    step = int(m.group(1))
+    assert step >= 1 and "Traceback" not in err and "Hint:" in err
+    rows = metrics(tmp_path / "r", "train")
+    assert rows[-1]["step"] == step and rows[-1].get("nonfinite") is True
+    assert all(r.get("nonfinite") is None for r in rows[:-1])
+    saved = _adapters(_ckpt_root(c))
+    assert saved and all(torch.isfinite(t).all() for t in saved.values())
