@@ -1,6 +1,6 @@
 """Runtime speed on a GPU: the bundled runtime (`nemo-migrate run`) on the workload of Automodel's LoRA benchmark.
 
-Llama-3.1-8B / Llama-3.2-1B shapes (bench/shapes/*/config.json, random weights), LoRA dim 16 alpha 32 dropout 0.1
+Llama-3.1-8B / Llama-3.2-1B shapes (the runtime's proxies, runtime/proxies/llama-*.json, random weights), LoRA dim 16 alpha 32 dropout 0.1
 on all `*_proj`, seq 4096 (Automodel's mock dataset), local batch 2, global batch 32 (16 micro-batches per step on
 one GPU), AdamW, BF16 (and FP8 tensorwise, LoRA adapters kept trainable).  Each variant runs in its own process
 for --steps optimizer steps; the first --warmup steps are excluded and medians are taken over the rest.
@@ -51,6 +51,20 @@ def flops_per_token(cfg: dict, seq: int, lora: bool = True) -> float:
     return 3 * fwd * 2 / 3 if lora else 3 * fwd
 
 
+# the model configs: the runtime's proxy shapes (the same as ../shared/bench/automodel-anchor/llama*/config.json)
+SHAPES = {"tiny": ROOT / "bench" / "shapes" / "tiny" / "config.json",
+          "llama1b": ROOT / "runtime" / "proxies" / "llama-1b.json",
+          "llama8b": ROOT / "runtime" / "proxies" / "llama-8b.json"}
+
+
+def shape_dir_for(shape: str, out: Path) -> Path:
+    """A directory holding the shape's config.json (what `model.config` of from_config takes)."""
+    d = out / "shapes" / shape
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(SHAPES[shape].read_text())
+    return d
+
+
 def config_for(shape_dir: Path, variant: str, seq: int, work: Path) -> dict:
     fp8, compile_, ac, liger = VARIANTS[variant]
     cfg = {
@@ -85,7 +99,7 @@ def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out
                 nproc: int = 1) -> dict:
     import yaml
 
-    shape_dir = ROOT / "bench" / "shapes" / shape
+    shape_dir = shape_dir_for(shape, out)
     work = out / (f"{shape}-{variant}" + (f"-x{nproc}" if nproc > 1 else ""))
     work.mkdir(parents=True, exist_ok=True)
     cfgd = config_for(shape_dir, variant, seq, work)
@@ -151,7 +165,7 @@ def device() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", default="llama1b", choices=["tiny", "llama1b", "llama8b"])
+    ap.add_argument("--shape", default="llama1b", choices=list(SHAPES))
     ap.add_argument("--variants", default="bf16")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)

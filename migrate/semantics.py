@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import posixpath
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable
@@ -24,16 +25,18 @@ _MISSING = object()
 
 # ---------------------------------------------------------------------------------------------- views
 
-class View:
+class View(ABC):
     """Effective values of an Automodel job: explicit ones with their origin, else 0.7's default."""
 
     label: str
 
-    def explicit(self, path: str) -> Any:  # -> value or _MISSING
-        raise NotImplementedError
+    @abstractmethod
+    def explicit(self, path: str) -> Any:
+        """The value written for ``path``, or _MISSING."""
 
+    @abstractmethod
     def origin(self, path: str) -> str | None:
-        raise NotImplementedError
+        """Where the value of ``path`` came from (file:line, rule), or None."""
 
     def status(self, path: str) -> tuple[Status, str] | None:
         return None
