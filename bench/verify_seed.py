@@ -1,7 +1,7 @@
 """GPU evidence for `run --verify`: the user's seed job (golden/seed/input: fp16 and fp8 variants) verified with a
 Llama-3.2-1B-shaped proxy (random weights) on synthetic instruction data written here, 20 steps per leg.
 
-    python bench/verify_seed.py OUT_DIR [--variant fp16|fp8] [--steps 20] [--proxy llama-1b] [--jobs 3]
+    python bench/verify_seed.py OUT_DIR [--variant fp16|fp8] [--steps 20] [--proxy llama-1b] [--jobs 3] [--against automodel]
 
 For fp8, convert emits `fp8.enabled: false` (Automodel 0.7.0 drops LoRA adapters under FP8, rule FP8001); the
 migrated leg here is that config with FP8 switched back on for the bundled runtime (tensorwise, frozen base in FP8,
@@ -36,7 +36,7 @@ def main() -> int:
     variant = sys.argv[sys.argv.index("--variant") + 1] if "--variant" in sys.argv else None
     target = [str(src / f"config-{variant}.yaml"), "--recipe", str(src / "recipe.py"), "--factory", "migration_recipe()"] if variant else [str(src)]
     jobs = sys.argv[sys.argv.index("--jobs") + 1] if "--jobs" in sys.argv else "1"
-    extra = []
+    extra = ["--against", sys.argv[sys.argv.index("--against") + 1]] if "--against" in sys.argv else []
     if variant == "fp8":
         conv = work / "converted"
         subprocess.run([sys.executable, "-m", "migrate.cli", "convert", target[0], "--recipe", target[2], "--factory", target[4],
@@ -52,7 +52,7 @@ def main() -> int:
         doc["fp8"]["emulate"] = not torch.cuda.is_available()  # CPU check runs only: torchao's emulated FP8
         with (work / "migrated-fp8-runtime.yaml").open("w") as fh:
             y.dump(doc, fh)
-        extra = ["--migrated", str(work / "migrated-fp8-runtime.yaml")]
+        extra += ["--migrated", str(work / "migrated-fp8-runtime.yaml")]
     cmd = [sys.executable, "-m", "migrate.cli", "run", "--verify", *target, "--proxy-model", proxy,
            "--steps", steps, "--data", str(data), "--out", str(work / "verify"), "--jobs", jobs, *extra]
     print("command: nemo-migrate " + " ".join(cmd[3:]), flush=True)

@@ -140,6 +140,7 @@ def run(
     jobs: int = typer.Option(1, "--jobs", min=1, help="--verify: attribution legs run at once (independent runs; on one GPU they share it)."),
     migrated: Optional[Path] = typer.Option(None, "--migrated", help="--verify: an Automodel YAML (or directory) to verify instead of convert's output."),
     json_: bool = typer.Option(False, "--json", help="--verify: print verify-report.json on stdout."),
+    against: Optional[str] = typer.Option(None, "--against", metavar="automodel", help="--verify: also train the migrated YAML with the real nemo_automodel 0.7.0 recipe (GPU) and compare it with the runtime's migrated leg."),
 ) -> None:
     """Train an Automodel 0.7 config with the bundled runtime (FSDP2, LoRA, FP8); needs `pip install nemo-migrate[runtime]`.
 
@@ -149,6 +150,9 @@ def run(
     if importlib.util.find_spec("torch") is None:
         _out().error_line("the runtime needs torch: pip install 'nemo-migrate[runtime]'")
         raise typer.Exit(1)
+    if against is not None and not verify:
+        _out().error_line("--against needs --verify (it compares the runtime's migrated leg with real Automodel)")
+        raise typer.Exit(1)
     if verify:
         from .diagnostics import MigrateError
         from .verify import VerifyError, VerifyOptions, run_verify
@@ -156,7 +160,7 @@ def run(
         c = _out()
         vopts = VerifyOptions(source=config, recipe=recipe, factory=factory, sets=list(set_), steps=steps, proxy_model=proxy_model,
                               model_path=model_path, data=data, nproc_per_node=nproc_per_node, out=out, seq_length=seq_length, jobs=jobs,
-                              migrated=migrated)
+                              migrated=migrated, against=against)
         try:
             code, report = run_verify(vopts, log=(lambda m: None) if json_ else c.info_line)
         except MigrateError as e:

@@ -219,6 +219,20 @@ def verify_lines(report: dict) -> list[str]:
         for a in v["attribution"]:
             out.append(f"   attribution {a['approximation']} [{a['rule']}, {a['rules_bucket']}]: max |dloss| {a['max_abs_loss_diff_with_it']:.2e} "
                        f"with it, {a['max_abs_loss_diff_without_it']:.2e} without ({a['removed_means']})")
+        am = v.get("against_automodel")
+        if am:
+            out.append(f"   against Automodel 0.7.0 (real recipe): {am['verdict'].upper()}"
+                       + (f" (decided by the {am['decided_by']} pair)" if am.get("decided_by") else ""))
+            st = am.get("automodel_setup") or {}
+            if st:
+                out.append(f"      Automodel after setup(): {st.get('lora_modules')} LoRA-adapted modules, {st.get('float8_modules')} "
+                           f"Float8Linear modules, {st.get('trainable_params', 0):,} trainable parameters")
+            for key, pr in (am.get("pairs") or {}).items():
+                out.append(f"      {key}: loss '{pr['loss_envelope']}' (max |dloss| {pr['max_abs_loss_diff']:.2e}), grad norm "
+                           f"'{pr['grad_norm_envelope']}', lr max rel diff {pr['lr_max_rel_diff']:.1e}, label tokens "
+                           f"{'equal' if pr['label_tokens_equal'] else 'DIFFER'} over {pr['steps']} steps")
+            for f in am.get("findings") or []:
+                out.append(f"      finding: {f}")
         if v.get("plot"):
             out.append(f"   plot: {v['plot']}")
     return out

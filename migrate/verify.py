@@ -16,6 +16,10 @@ The *migrated* leg is the emitted Automodel YAML as the runtime (Automodel 0.7 s
 the same data file, seed, initial weights and initial LoRA A/B (the reference leg's adapters at step 0 are loaded
 into the migrated leg; split q/k/v adapters start from the shared A).
 
+``--against automodel`` (migrate/verify_automodel.py, GPU only): the migrated YAML is also trained by the real
+nemo_automodel 0.7.0 recipe from the same weights, data and initial adapters, and compared with the migrated leg:
+that checks the runtime itself.
+
 Attribution: for each approximation the rule table admitted for this job (rule buckets), the migrated leg is run
 again with that one difference removed; "all removed" must then match the reference within the standard envelope,
 which is what the rows marked exact promise.  Envelopes are Automodel CI's resume tolerance profiles
@@ -33,7 +37,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +384,14 @@ def _series(leg: dict, key: str) -> list[float]:
 
 def run_verify(opts: VerifyOptions, log=print) -> tuple[int, dict]:
     """Returns (exit code, report).  0: the exact rows hold within the standard envelope; 2: they do not."""
+    if opts.against is not None:
+        if opts.against != "automodel":
+            raise VerifyError(f"--against {opts.against!r}: the only target is 'automodel' (the real nemo_automodel 0.7.0 recipe)")
+        from .verify_automodel import unavailable
+
+        why = unavailable()
+        if why:
+            raise VerifyError(f"--against automodel: {why}")
     conv = convert(Options(source=opts.source, recipe=opts.recipe, factory=opts.factory, sets=list(opts.sets)))
     out = Path(opts.out or "verify")
     out.mkdir(parents=True, exist_ok=True)
@@ -432,6 +444,17 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> dict[st
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     family = "llama"
+    if opts.against == "automodel" and opts.model_path is None:
+        # Automodel loads weights from disk: save the proxy once and let every leg (runtime and Automodel) load it
+        from runtime.models import save_proxy
+
+        mdir = vdir / "proxy-model"
+        if not (mdir / "config.json").is_file():
+            save_proxy(opts.proxy_model or "tiny", str((migrated.get("model") or {}).get("pretrained_model_name_or_path") or ""),
+                       tok, mdir, seed=int(migrated.get("seed", 1234)))
+        notes.append(f"--against automodel: the proxy ({opts.proxy_model or 'tiny'}, random weights) was saved to {mdir}; "
+                     "every leg loads those weights")
+        opts = replace(opts, model_path=mdir, proxy_model=None)
     # NeMo's tokenization of every training record, fed to the reference leg pre-tokenized
     pretok = vdir / "reference-tokenized.jsonl"
     nemo_samples = [nemo_tokenize(r, tok, seq_length=seq_len, **sft) for r in rows]
@@ -516,6 +539,12 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> dict[st
     todo = {f"migrated-without-{n}": fixed([n]) for n in measured} if len(measured) > 1 or unflagged else {}
     if names:
         todo["migrated-all-removed"] = fixed(names)
+    am_dropout0 = None
+    if opts.against == "automodel" and (base.get("peft") or {}).get("dropout"):
+        # LoRA dropout masks come from each framework's own RNG stream: a dropout-0 pair decides the runtime check
+        am_dropout0 = json.loads(json.dumps(base))
+        am_dropout0["peft"]["dropout"] = 0.0
+        todo["migrated-dropout0"] = am_dropout0
     if opts.jobs > 1 and len(todo) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -524,7 +553,9 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> dict[st
             legs.update({name: f.result() for name, f in futs.items()})
     else:
         legs.update({name: _run_leg(name, cfg, work, opts, log) for name, cfg in todo.items()})
-    exact_leg = legs.get("migrated-all-removed", legs["migrated"])
+    against = None
+    if opts.against == "automodel":
+        against = _against_automodel(base, am_dropout0, legs, init, work, opts, log)
     # compare
     ref_loss = _series(legs["reference"], "loss")
     comparisons = {}
@@ -545,7 +576,7 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> dict[st
                             "removed_means": APPROXIMATIONS[n][1], "max_abs_loss_diff_with_it": base_diff,
                             "max_abs_loss_diff_without_it": d, "effect": base_diff - d})
     exact_env = comparisons["migrated-all-removed" if names else "migrated"]["loss_envelope"]
-    verdict = "pass" if exact_env in ("strict", "standard") else "fail"
+    verdict = "pass" if exact_env in ("strict", "standard") and (against is None or against["verdict"] == "match") else "fail"
     checks = {
         "tokenization": parity, "lr": lr_check,
         "trainable_parameters": {n: l["summary"].get("trainable_params") for n, l in legs.items()},
@@ -557,11 +588,42 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> dict[st
     res = {"variant": v.name or v.label, "config": v.output, "verdict": verdict,
            "exact_rows_envelope": exact_env, "migrated_vs_reference": comparisons["migrated"]["loss_envelope"],
            "notes": notes, "admitted_approximations": admitted, "unflagged_differences": unflagged, "checks": checks, "comparisons": comparisons,
-           "attribution": attribution, "legs": {n: {k: l[k] for k in ("config", "command", "seconds", "summary")} | {
+           "attribution": attribution, "against_automodel": against,
+           "legs": {n: {k: l[k] for k in ("config", "command", "seconds", "summary")} | {
                "loss": _series(l, "loss"), "grad_norm": _series(l, "grad_norm"), "lr": _series(l, "lr_applied")} for n, l in legs.items()},
            "plot": str(plot) if plot else None}
     (vdir / "verify-report.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     return res
+
+
+def _against_automodel(base: dict, dropout0: dict | None, legs: dict[str, dict], init: Path | None, work: Path,
+                       opts: VerifyOptions, log) -> dict[str, Any]:
+    """The migrated config run by the real Automodel 0.7 recipe; its legs join ``legs`` (so they are plotted and
+    compared with the reference too) and the runtime-vs-Automodel comparison is returned."""
+    from . import verify_automodel as va
+
+    runs = [("as_configured", "migrated", "automodel", base)]
+    if dropout0 is not None:
+        runs.append(("dropout0", "migrated-dropout0", "automodel-dropout0", dropout0))
+    pairs, am_legs = {}, {}
+    for key, rt_name, am_name, cfg in runs:
+        try:
+            am_legs[am_name] = va.run_leg(am_name, cfg, model_dir=Path(opts.model_path), init_adapter=init, work=work,
+                                          steps=opts.steps, nproc=opts.nproc_per_node, log=log)
+        except va.AutomodelLegError as e:
+            setup = e.info.get("setup") or {}
+            res = {"verdict": "failed", "findings": [f"Automodel 0.7.0 stopped: {e.raised or 'see ' + e.output}"], "error": str(e),
+                   "automodel_output": e.output, "automodel_setup": setup, "automodel_adapters": e.info.get("adapters"), "pairs": pairs}
+            if (base.get("peft") and setup.get("lora_modules") == 0):
+                res["findings"].append("Automodel has no LoRA-adapted modules after setup()"
+                                       + (f" ({setup.get('float8_modules')} Float8Linear modules)" if setup.get("float8_modules") else ""))
+            return res
+        except ValueError as e:
+            return {"verdict": "failed", "findings": [str(e)], "error": str(e), "pairs": pairs}
+        legs[am_name] = am_legs[am_name]
+        pairs[key] = va.compare(legs[rt_name], am_legs[am_name], envelope_of)
+    rt_legs = {n: legs[n] for _, n, _, _ in runs}
+    return va.summarize(pairs, rt_legs, am_legs, peft=bool(base.get("peft")))
 
 
 def _tokenization_parity(rows: list[dict], tok, migrated: dict, nemo: list[dict], seq_len: int) -> dict[str, Any]:
@@ -631,7 +693,8 @@ def _plot(legs: dict[str, dict], path: Path, title: str) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     for name, leg in legs.items():
-        style = {"reference": dict(lw=2.4, color="black"), "migrated": dict(lw=2.0, color="tab:red")}.get(name, dict(lw=1, ls="--"))
+        style = {"reference": dict(lw=2.4, color="black"), "migrated": dict(lw=2.0, color="tab:red"),
+                 "automodel": dict(lw=1.6, color="tab:blue", ls=":")}.get(name, dict(lw=1, ls="--"))
         ax.plot([s["step"] for s in leg["steps"]], _series(leg, "loss"), label=name, **style)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")

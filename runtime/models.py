@@ -126,6 +126,10 @@ def build_model(mspec, *, tokenizer_vocab: int | None, device,
     if mspec.source == "pretrained":
         cfg = AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code, local_files_only=True)
         dtype = resolve_dtype(mspec.dtype, cfg)
+        if tokenizer_vocab is not None and getattr(cfg, "vocab_size", None) and cfg.vocab_size < tokenizer_vocab:
+            raise RunError(f"the tokenizer has {tokenizer_vocab} tokens but the model at {mspec.path} has a vocabulary of "
+                           f"{cfg.vocab_size}", key="model.pretrained_model_name_or_path",
+                           hint="use the model's own tokenizer (dataset.tokenizer.pretrained_model_name_or_path)")
         model = AutoModelForCausalLM.from_pretrained(
             mspec.path, dtype=dtype, attn_implementation=mspec.attn_implementation, local_files_only=True,
             trust_remote_code=mspec.trust_remote_code, device_map={"": device} if device.type == "cuda" else None)
@@ -172,3 +176,32 @@ def count_params(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return total, trainable
+
+
+def save_proxy(proxy: str, name: str, tokenizer, out_dir: Path, *, seed: int, attn: str = "sdpa") -> Path:
+    """Write a proxy (random weights, bf16) as a HF model directory, so that loaders that read weights from disk
+    (Automodel's ``from_pretrained``) and the runtime start from the same weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    family = detect_family(name, name if name and Path(name).is_dir() else None)
+    d, _ = proxy_config_dict(proxy, family, tokenizer_vocab=len(tokenizer))
+    special = {k: getattr(tokenizer, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    cfg = hf_config(_special_ids(d, special), attn)
+    if cfg.vocab_size < len(tokenizer):
+        raise RunError(f"the tokenizer has {len(tokenizer)} tokens but the proxy vocabulary is {cfg.vocab_size}",
+                       key="--proxy-model", hint="use a proxy whose vocab covers the tokenizer")
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    import shutil
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")  # written aside, then renamed: never a half-written model dir
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if out_dir.exists():
+        raise RunError(f"{out_dir} already exists", hint="remove it or pick another --out")
+    tmp.rename(out_dir)
+    return out_dir
