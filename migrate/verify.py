@@ -722,7 +722,7 @@ def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     from importlib.metadata import PackageNotFoundError, version
 
-    for m in ("torch", "transformers", "torchao", "peft"):
+    for m in ("torch", "transformers", "torchao", "peft", "nemo-automodel"):
         try:
             out[m] = version(m)  # metadata only: importing torchao on a CPU build prints kernel-load warnings
         except PackageNotFoundError:
