@@ -2,6 +2,7 @@
 Llama-3.2-1B-shaped proxy (random weights) on synthetic instruction data written here, 20 steps per leg.
 
     python bench/verify_seed.py OUT_DIR [--variant fp16|fp8] [--steps 20] [--proxy llama-1b] [--jobs 3] [--against automodel]
+        [--nproc-per-node N]
 
 For fp8, convert emits `fp8.enabled: false` (Automodel 0.7.0 drops LoRA adapters under FP8, rule FP8001); the
 migrated leg here is that config with FP8 switched back on for the bundled runtime (tensorwise, frozen base in FP8,
@@ -37,6 +38,8 @@ def main() -> int:
     target = [str(src / f"config-{variant}.yaml"), "--recipe", str(src / "recipe.py"), "--factory", "migration_recipe()"] if variant else [str(src)]
     jobs = sys.argv[sys.argv.index("--jobs") + 1] if "--jobs" in sys.argv else "1"
     extra = ["--against", sys.argv[sys.argv.index("--against") + 1]] if "--against" in sys.argv else []
+    if "--nproc-per-node" in sys.argv:
+        extra += ["--nproc-per-node", sys.argv[sys.argv.index("--nproc-per-node") + 1]]
     if variant == "fp8":
         conv = work / "converted"
         subprocess.run([sys.executable, "-m", "migrate.cli", "convert", target[0], "--recipe", target[2], "--factory", target[4],
