@@ -78,6 +78,14 @@ def test_against_verdict_match_and_each_way_it_differs():
     for what, am in cases.items():
         res = va.summarize({"as_configured": va.compare(rt, am, envelope_of)}, {"migrated": rt}, {"automodel": am}, peft=True)
         assert res["verdict"] == "differs" and any(what in f for f in res["findings"]), (what, res["findings"])
+    uncovered = _am([2.0, 1.9, 1.8], [40, 41, 42])
+    uncovered["automodel"]["adapters"]["not_in_adapter"] = ["model.layers.0.mlp.down_proj.lora_A.weight"]
+    res = va.summarize({"as_configured": va.compare(rt, uncovered, envelope_of)}, {"migrated": rt}, {"automodel": uncovered}, peft=True)
+    assert res["verdict"] == "differs" and any("not in the initial adapters" in f for f in res["findings"])
+    extra = _am([2.0, 1.9, 1.8], [40, 41, 42])  # the reference's (NeMo's) targets may be more than the migrated ones
+    extra["automodel"]["adapters"]["not_in_automodel"] = ["model.layers.0.mlp.down_proj.lora_A.weight"]
+    assert va.summarize({"as_configured": va.compare(rt, extra, envelope_of)}, {"migrated": rt}, {"automodel": extra},
+                        peft=True)["verdict"] == "match"
     fp8 = va.summarize({}, {"migrated": rt}, {"automodel": cases["no LoRA-adapted modules"]}, peft=True)
     assert any("Float8Linear" in f for f in fp8["findings"])
 
@@ -164,10 +172,21 @@ def test_initial_adapters_land_in_automodels_lora_and_give_the_runtimes_outputs(
     for n, v in plan["copy"].items():
         va._assign(params[n], v)
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(2))
+    a, b = rt(input_ids=ids, labels=ids), am(input_ids=ids, labels=ids)
     with torch.no_grad():
-        a, b = rt(input_ids=ids).logits, am(input_ids=ids).logits
-    assert (a - base(input_ids=ids).logits).abs().max() > 1e-3  # the adapters change the output
-    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+        assert (a.logits - base(input_ids=ids).logits).abs().max() > 1e-3  # the adapters change the output
+    torch.testing.assert_close(a.logits, b.logits, atol=2e-5, rtol=1e-5)
+    a.loss.backward()
+    b.loss.backward()  # and the adapters' gradients agree (a tied A's gradient is the sum over its members)
+    g_rt = {n: p.grad for n, p in rt.named_parameters() if p.grad is not None}
+    g_am = {n: p.grad for n, p in am.named_parameters() if p.grad is not None}
+    for n, g in g_rt.items():
+        if ".lora_A." in n and tied and any(n.startswith(grp[0]) for grp in info.tied_groups):
+            grp = next(grp for grp in info.tied_groups if n.startswith(grp[0]))
+            want = sum(g_am[f"{m}.lora_A.weight"] for m in grp)
+        else:
+            want = g_am[n]
+        torch.testing.assert_close(g, want, atol=2e-6, rtol=1e-4)
     st = va.inspect_model(am)
     assert st["lora_modules"] == 14 and st["float8_modules"] == 0
     assert st["trainable_params"] == sum(v.numel() for v in plan["copy"].values())
