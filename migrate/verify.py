@@ -614,9 +614,8 @@ def _against_automodel(base: dict, dropout0: dict | None, legs: dict[str, dict],
             setup = e.info.get("setup") or {}
             res = {"verdict": "failed", "findings": [f"Automodel 0.7.0 stopped: {e.raised or 'see ' + e.output}"], "error": str(e),
                    "automodel_output": e.output, "automodel_setup": setup, "automodel_adapters": e.info.get("adapters"), "pairs": pairs}
-            if (base.get("peft") and setup.get("lora_modules") == 0):
-                res["findings"].append("Automodel has no LoRA-adapted modules after setup()"
-                                       + (f" ({setup.get('float8_modules')} Float8Linear modules)" if setup.get("float8_modules") else ""))
+            if base.get("peft") and setup.get("lora_modules") == 0:
+                res["findings"].append(va.no_lora_finding(setup))
             return res
         except ValueError as e:
             return {"verdict": "failed", "findings": [str(e)], "error": str(e), "pairs": pairs}

@@ -109,15 +109,10 @@ def inspect_model(model) -> dict[str, Any]:
             lora.append(name)
         if type(m).__name__ == "Float8Linear":
             fp8.append(name)
-    seen, trainable, total, trainable_names = set(), 0, 0, []
-    for n, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-            trainable_names.append(n)
+    from runtime.models import count_params
+
+    total, trainable = count_params(model)
+    trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
     for name in lora:
         kinds[name.rsplit(".", 1)[-1]] = kinds.get(name.rsplit(".", 1)[-1], 0) + 1
     return {"lora_modules": len(lora), "lora_module_kinds": kinds, "float8_modules": len(fp8),
@@ -197,6 +192,12 @@ def compare(runtime_leg: dict, automodel_leg: dict, envelope_of) -> dict[str, An
             "label_tokens": {"runtime": lab_r[:5], "automodel": lab_a[:5]}, "per_step": rows}
 
 
+def no_lora_finding(setup: dict) -> str:
+    return ("Automodel has no LoRA-adapted modules after setup()"
+            + (f" ({setup.get('float8_modules')} Float8Linear modules: torchao's swap replaced the LinearLoRA modules and "
+               "kept only their base weights)" if setup.get("float8_modules") else ""))
+
+
 def summarize(pairs: dict[str, dict], runtime_legs: dict[str, dict], automodel_legs: dict[str, dict],
               peft: bool) -> dict[str, Any]:
     """The verdict: ``match`` when the deterministic pair is within the standard envelope, the LR agrees, the label
@@ -210,9 +211,7 @@ def summarize(pairs: dict[str, dict], runtime_legs: dict[str, dict], automodel_l
         findings.append(f"trainable parameters: runtime {rt_tp:,}, Automodel {setup['trainable_params']:,}")
     if peft:
         if setup.get("lora_modules", 0) == 0:
-            findings.append("Automodel has no LoRA-adapted modules after setup()"
-                            + (f" ({setup.get('float8_modules')} Float8Linear modules: torchao's swap replaced the LinearLoRA "
-                               "modules and kept only their base weights)" if setup.get("float8_modules") else ""))
+            findings.append(no_lora_finding(setup))
         ad = am_info.get("adapters") or {}
         if ad.get("not_in_adapter"):  # they start from Automodel's own random A: the two legs do not start alike
             findings.append(f"{len(ad['not_in_adapter'])} of Automodel's LoRA parameters are not in the initial adapters "

@@ -117,6 +117,19 @@ def _special_ids(d: dict[str, Any], special: dict[str, int | None] | None) -> di
     return d
 
 
+def proxy_hf_config(proxy: str, name: str | None, *, tokenizer_vocab: int | None, special_ids: dict[str, int | None] | None,
+                    attn: str):
+    """(HF config, description) of ``--proxy-model`` for the model family ``name`` points at."""
+    family = detect_family(name, name if name and Path(name).is_dir() else None)
+    d, what = proxy_config_dict(proxy, family, tokenizer_vocab=tokenizer_vocab)
+    return hf_config(_special_ids(d, special_ids), attn), what
+
+
+def _check_vocab(vocab: int | None, tokenizer_vocab: int | None, what: str, *, key: str, hint: str) -> None:
+    if tokenizer_vocab is not None and vocab and vocab < tokenizer_vocab:
+        raise RunError(f"the tokenizer has {tokenizer_vocab} tokens but {what} {vocab}", key=key, hint=hint)
+
+
 def build_model(mspec, *, tokenizer_vocab: int | None, device,
                 special_ids: dict[str, int | None] | None = None) -> tuple[Any, str, bool]:
     """Return (model, description, random_weights)."""
@@ -126,10 +139,9 @@ def build_model(mspec, *, tokenizer_vocab: int | None, device,
     if mspec.source == "pretrained":
         cfg = AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code, local_files_only=True)
         dtype = resolve_dtype(mspec.dtype, cfg)
-        if tokenizer_vocab is not None and getattr(cfg, "vocab_size", None) and cfg.vocab_size < tokenizer_vocab:
-            raise RunError(f"the tokenizer has {tokenizer_vocab} tokens but the model at {mspec.path} has a vocabulary of "
-                           f"{cfg.vocab_size}", key="model.pretrained_model_name_or_path",
-                           hint="use the model's own tokenizer (dataset.tokenizer.pretrained_model_name_or_path)")
+        _check_vocab(getattr(cfg, "vocab_size", None), tokenizer_vocab, f"the model at {mspec.path} has a vocabulary of",
+                     key="model.pretrained_model_name_or_path",
+                     hint="use the model's own tokenizer (dataset.tokenizer.pretrained_model_name_or_path)")
         model = AutoModelForCausalLM.from_pretrained(
             mspec.path, dtype=dtype, attn_implementation=mspec.attn_implementation, local_files_only=True,
             trust_remote_code=mspec.trust_remote_code, device_map={"": device} if device.type == "cuda" else None)
@@ -142,14 +154,12 @@ def build_model(mspec, *, tokenizer_vocab: int | None, device,
         dtype = resolve_dtype(mspec.dtype if mspec.dtype != "auto" else "bfloat16")
         desc = f"{cfg.model_type} from config {mspec.path}"
     else:
-        family = detect_family(mspec.name, mspec.name if mspec.name and Path(mspec.name).is_dir() else None)
-        d, what = proxy_config_dict(mspec.proxy, family, tokenizer_vocab=tokenizer_vocab)
-        cfg = hf_config(_special_ids(d, special_ids), mspec.attn_implementation)
+        cfg, what = proxy_hf_config(mspec.proxy, mspec.name, tokenizer_vocab=tokenizer_vocab, special_ids=special_ids,
+                                    attn=mspec.attn_implementation)
         dtype = resolve_dtype(mspec.dtype if mspec.dtype != "auto" else "bfloat16")
         desc = f"proxy {what} ({cfg.model_type}, hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers)"
-    if tokenizer_vocab is not None and cfg.vocab_size < tokenizer_vocab:
-        raise RunError(f"the tokenizer has {tokenizer_vocab} tokens but the model vocabulary is {cfg.vocab_size}",
-                       key="--proxy-model", hint="use a proxy whose vocab covers the tokenizer")
+    _check_vocab(cfg.vocab_size, tokenizer_vocab, "the model vocabulary is", key="--proxy-model",
+                 hint="use a proxy whose vocab covers the tokenizer")
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=mspec.trust_remote_code)
     return model, f"{desc}, random weights, {str(dtype).replace('torch.', '')}", True
@@ -181,22 +191,18 @@ def count_params(model) -> tuple[int, int]:
 def save_proxy(proxy: str, name: str, tokenizer, out_dir: Path, *, seed: int, attn: str = "sdpa") -> Path:
     """Write a proxy (random weights, bf16) as a HF model directory, so that loaders that read weights from disk
     (Automodel's ``from_pretrained``) and the runtime start from the same weights."""
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM
 
-    family = detect_family(name, name if name and Path(name).is_dir() else None)
-    d, _ = proxy_config_dict(proxy, family, tokenizer_vocab=len(tokenizer))
     special = {k: getattr(tokenizer, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
-    cfg = hf_config(_special_ids(d, special), attn)
-    if cfg.vocab_size < len(tokenizer):
-        raise RunError(f"the tokenizer has {len(tokenizer)} tokens but the proxy vocabulary is {cfg.vocab_size}",
-                       key="--proxy-model", hint="use a proxy whose vocab covers the tokenizer")
+    cfg, _ = proxy_hf_config(proxy, name, tokenizer_vocab=len(tokenizer), special_ids=special, attn=attn)
+    _check_vocab(cfg.vocab_size, len(tokenizer), "the proxy vocabulary is", key="--proxy-model",
+                 hint="use a proxy whose vocab covers the tokenizer")
     torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    import shutil
-
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")  # written aside, then renamed: never a half-written model dir
     shutil.rmtree(tmp, ignore_errors=True)
