@@ -27,11 +27,14 @@ class Diagnostic:
     col: int | None = None
     key: str | None = None
     hint: str | None = None
+    cell: int | None = None  # a notebook's cell (1-based over all cells); line is then within the cell
 
     def location(self) -> str:
         if not self.file:
             return ""
         loc = self.file
+        if self.cell is not None:
+            loc += f":cell {self.cell}"
         if self.line is not None:
             loc += f":{self.line}"
             if self.col is not None:
@@ -88,7 +91,7 @@ class Diagnostics:
     def sorted(self) -> list[Diagnostic]:
         return sorted(
             self.items,
-            key=lambda d: (d.file or "~", d.line or 0, d.col or 0, _ORDER[d.severity], d.code, d.message),
+            key=lambda d: (d.file or "~", d.cell or 0, d.line or 0, d.col or 0, _ORDER[d.severity], d.code, d.message),
         )
 
     def render(self) -> str:

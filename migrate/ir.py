@@ -37,10 +37,13 @@ class Provenance(BaseModel):
     line: int | None = None
     col: int | None = None
     detail: str | None = None
+    cell: int | None = None  # a notebook's cell (1-based over all cells); line is then within the cell
 
     def __str__(self) -> str:
         if self.kind in ("yaml", "recipe.py", "automodel-yaml", "launch") or (self.kind == "cli" and self.file):
             loc = self.file or "?"
+            if self.cell is not None:
+                loc += f":cell {self.cell}"
             if self.line is not None:
                 loc += f":{self.line}"
             if self.kind == "cli" and self.detail:
@@ -63,6 +66,8 @@ class Provenance(BaseModel):
         out: dict[str, Any] = {}
         if self.file:
             out["file"] = self.file
+            if self.cell is not None:
+                out["cell"] = self.cell
             if self.line is not None:
                 out["line"] = self.line
             if self.col is not None:
