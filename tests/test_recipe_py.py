@@ -89,25 +89,47 @@ def test_helper_factories_and_list_append(tmp_path):
 
 
 def test_user_helper_function_is_interpreted(tmp_path):
+    # a helper that changes the recipe in place is followed like Python runs it
     code = BASE.replace("def f():", "def tune(r, steps):\n    r.trainer.max_steps = steps\n\ndef f():").replace("{body}", "tune(recipe, 42)")
     job, d = job_from(tmp_path, code)
-    # a bare call statement to a user function is not understood (its effect is reported, not guessed)
-    assert any(x.code == "NM310" for x in d.items)
+    assert job.value("trainer.max_steps") == 42 and str(job.knob("trainer.max_steps").prov) == "recipe.py:7"
     code = BASE.replace("def f():", "def tune(r, steps):\n    r.trainer.max_steps = steps\n    return r\n\ndef f():").replace("{body}", "recipe = tune(recipe, 42)")
     job, d = job_from(tmp_path, code)
     assert job.value("trainer.max_steps") == 42
 
 
-def test_not_understood_is_a_diagnostic_at_its_line(tmp_path):
+def test_not_understood_is_an_error_at_its_line(tmp_path):
+    # a value read from the environment reaches the job: refused at the line, with the way out
+    with pytest.raises(MigrateError) as e:
+        job_from(tmp_path, src("""
+            import os
+            recipe.trainer.max_steps = int(os.environ.get("STEPS", "5"))
+        """))
+    err = [x for x in e.value.diags.errors if x.code == "NM340"]
+    assert len(err) == 1 and err[0].file == "recipe.py" and err[0].line == 10 and err[0].key == "trainer.max_steps"
+    assert "STEPS" in err[0].message and "--to-yaml" in err[0].hint and "--set trainer.max_steps" in err[0].hint
+    # a loop over a static range is unrolled like Python runs it
     job, d = job_from(tmp_path, src("""
-        import os
-        recipe.trainer.max_steps = int(os.environ.get("STEPS", "5"))
         for i in range(3):
             recipe.trainer.max_steps = i
     """))
-    warn = [x for x in d.items if x.code == "NM310"]
-    assert len(warn) == 2 and all(x.file == "recipe.py" and x.line for x in warn)
-    assert job.value("trainer.max_steps") == 1000  # untouched, and said so
+    assert job.value("trainer.max_steps") == 2
+    # a branch on something not known that changes the recipe: refused at the branch
+    with pytest.raises(MigrateError) as e:
+        job_from(tmp_path, src("""
+            import os
+            if os.environ.get("BIG"):
+                recipe.trainer.num_nodes = 4
+        """))
+    err = [x for x in e.value.diags.errors if x.code == "NM342"]
+    assert err and err[0].line == 10 and "BIG" in err[0].message
+    # ... but one that only prints is harmless
+    job, d = job_from(tmp_path, src("""
+        import os
+        if os.environ.get("VERBOSE"):
+            print(recipe)
+    """))
+    assert not d.errors and job.value("trainer.max_steps") == 1000
 
 
 def test_unknown_parameter_did_you_mean(tmp_path):
