@@ -1,17 +1,21 @@
-"""Front end for NeMo 1.0 SFT/PEFT YAML (megatron_gpt_finetuning.py) and NeMo-Aligner SFT YAML (train_gpt_sft.py).
+"""Front end for NeMo 1.0 SFT/PEFT jobs (megatron_gpt_finetuning.py, megatron_gpt_sft.py) and NeMo-Aligner SFT jobs
+(train_gpt_sft.py, also the SteerLM and CAI SFT entry point).
 
-The user's file is merged over its format's defaults (mappings/nemo1/), Hydra command-line overrides are applied
-(``key=value``, ``+key=value``, ``++key=value``, ``~key``), OmegaConf interpolations are resolved (``${a.b}``,
-relative ``${.x}``/``${..x}``, inside strings too), and every leaf is lowered into the NeMo 2 IR by the table in
+The script that runs decides the config Hydra starts from (mappings/nemo1/scripts.yaml): with ``--config-name`` the
+user's YAML, merged here over that script's shipped default config (a verbatim copy in mappings/nemo1/, its header
+names the release); without one the shipped config itself.  Hydra command-line overrides are applied (``key=value``,
+``+key=value``, ``++key=value``, ``~key``), OmegaConf interpolations are resolved (``${a.b}``, relative
+``${.x}``/``${..x}``, inside strings too), and every leaf is lowered into the NeMo 2 IR by the table in
 mappings/nemo1/lowering.yaml, keeping its file:line (or ``NeMo 1.0 default``).  Settings with no NeMo 2 meaning are
 kept as ``nemo1.<path>`` knobs that rows N1xx of the rule table bucket.  Nothing is executed.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,8 +24,9 @@ from ..diagnostics import Diagnostics, MigrateError, did_you_mean
 from ..ir import Knob, Node, Provenance
 from .yaml_source import YamlError, _Builder, _mark, compose_file
 
-MANDATORY = "~~~"
+MANDATORY = "???"
 _INTERP = re.compile(r"\$\{([^{}]*)\}")
+_SHELL_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Leaf:
 
 
 def detect(data: Any) -> str | None:
-    """'nemo1' (megatron_gpt_finetuning), 'aligner' (NeMo-Aligner SFT), or None."""
+    """'nemo1' (megatron_gpt_finetuning / megatron_gpt_sft), 'aligner' (NeMo-Aligner SFT), or None."""
     if not isinstance(data, dict):
         return None
     trainer, model = data.get("trainer"), data.get("model")
@@ -41,6 +46,107 @@ def detect(data: Any) -> str | None:
         return "nemo1"
     if "exp_manager" in data:
         return "nemo1"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- scripts
+
+def _scripts() -> dict[str, dict]:
+    return knowledge.load("nemo1/scripts.yaml")["scripts"]
+
+
+def hydra_scripts() -> set[str]:
+    """Basenames of the NeMo 1.0 / NeMo-Aligner Hydra training scripts (mappings/nemo1/scripts.yaml)."""
+    return set(_scripts())
+
+
+def not_sft() -> dict[str, dict]:
+    """Training scripts that are not supervised fine-tuning (pre-training, DPO, PPO...): basename -> {kind, trains}."""
+    return knowledge.load("nemo1/scripts.yaml").get("not_sft") or {}
+
+
+def script_entry(script: str | None) -> dict | None:
+    """The scripts.yaml entry of a script path (by basename), or None for a script this table does not know."""
+    return _scripts().get(Path(script).name) if script else None
+
+
+def _config_stem(name: str) -> str:
+    return name[: -len(Path(name).suffix)] if Path(name).suffix in (".yaml", ".yml") else name
+
+
+def shipped_config(name: str) -> tuple[str, dict] | None:
+    """(script, entry) whose shipped default config has this --config-name, or None."""
+    stem = _config_stem(Path(name).name)
+    for script, e in _scripts().items():
+        if e["config"] == stem and e.get("defaults"):
+            return script, e
+    return None
+
+
+def defaults_path(entry: dict) -> Path:
+    return knowledge.MAPPINGS / "nemo1" / entry["defaults"]
+
+
+def _is_shipped(path: Path) -> bool:
+    try:
+        return path.resolve().parent == (knowledge.MAPPINGS / "nemo1").resolve()
+    except OSError:
+        return False
+
+
+def shipped_display(path: Path) -> str | None:
+    """How the report names a shipped default config ('gpt_sft.yaml (NeMo-Aligner v0.7.0, shipped)'), None for a user file."""
+    if not _is_shipped(path):
+        return None
+    for e in _scripts().values():
+        if e.get("defaults") == path.name:
+            s = e["source"]
+            return f"{s['config'].rsplit('/', 1)[-1]} ({s['repo'].split('/')[-1]} {s['version']}, shipped)"
+    return None
+
+
+def source_text(entry: dict) -> str:
+    s = entry["source"]
+    return f"{s['config'].rsplit('/', 1)[-1]} of {s['repo']} {s['version']} ({s['commit'][:8]}, {s['config']})"
+
+
+def locate_config(job_dir: Path, launch: Any, diags: Diagnostics) -> Path | None:
+    """The config file a Hydra launch line composes: the --config-name YAML in the job directory, else the shipped
+    default config of that name (a note says so), else a located error.  None after an error."""
+    where = {"file": launch.file, "line": launch.line}
+    script = Path(launch.script).name if getattr(launch, "script", None) else None
+    entry = script_entry(script)
+    if entry is not None and entry["format"] == "unsupported":
+        diags.error("NM242", f"{script} ({entry['label']}) cannot be migrated: {entry['reason']}", hint=entry.get("hint"), **where)
+        return None
+    name = launch.config_name or (entry["config"] if entry else None)
+    if not name:
+        diags.error("NM006", "the launcher's --config-name is empty", hint="--config-name=<config file name>", **where)
+        return None
+    fname = name if Path(name).suffix in (".yaml", ".yml") else name + ".yaml"
+    cands: list[Path] = []
+    cpath = launch.config_path
+    if cpath and not Path(cpath).is_absolute() and "$" not in cpath:
+        cands.append(job_dir / cpath / fname)
+    cands.append(job_dir / fname)
+    for c in cands:
+        if c.is_file():
+            if c != cands[0] and launch.config_name:
+                diags.note("NM241", f"--config-path {cpath} is not in {job_dir}: reading {fname} next to the launcher", **where)
+            return c
+    hit = shipped_config(fname)
+    if hit is not None:
+        s, e = hit
+        told = f"--config-name {launch.config_name}" if launch.config_name else f"{script} (no --config-name)"
+        diags.note("NM241", f"{told}: {fname} is not in {job_dir}; using the shipped {source_text(e)}", **where)
+        return defaults_path(e)
+    known = sorted({e["config"] for e in _scripts().values() if e.get("defaults")})
+    var = " (it contains a shell variable nemo-migrate cannot expand)" if "$" in name or "$" in (cpath or "") else ""
+    diags.error("NM006", f"the launcher's --config-name {name}{var}: {fname} is neither in {job_dir}"
+                f" (looked in {', '.join(os.path.relpath(c, job_dir) for c in cands)}) nor one of the shipped configs",
+                hint=(did_you_mean(_config_stem(fname), known) or f"shipped: {', '.join(known)}") +
+                f"; copy {fname} into the job directory{' under ' + cpath if cpath and not Path(cpath).is_absolute() else ''}, "
+                "or convert the YAML itself: nemo-migrate convert <file.yaml> --run-sh <launcher>", **where)
     return None
 
 
@@ -116,7 +222,6 @@ def _omegaconf_float(value: Any) -> Any:
 def apply_hydra(leaves: dict[str, Leaf], overrides: list[tuple[str, Provenance]], diags: Diagnostics) -> None:
     for text, prov in overrides:
         raw = text
-        op = "="
         if text.startswith("~"):
             key = text[1:].split("=", 1)[0]
             for p in [p for p in leaves if p == key or p.startswith(key + ".")]:
@@ -145,6 +250,21 @@ def apply_hydra(leaves: dict[str, Leaf], overrides: list[tuple[str, Provenance]]
                 leaves[p] = lf
         else:
             leaves[key] = Leaf(val, prov.model_copy(update={"detail": raw}))
+
+
+def _shell_variables(leaves: dict[str, Leaf], diags: Diagnostics) -> None:
+    """A value from the launcher that still holds $VAR / ${VAR}: the shell expands it before NeMo runs, so it is a
+    variable nemo-migrate does not know (not an OmegaConf interpolation: those name config keys)."""
+    for path, lf in leaves.items():
+        if not (lf.prov.kind in ("cli", "launch") and lf.prov.file and isinstance(lf.value, str) and "$" in lf.value):
+            continue
+        for m in _SHELL_VAR.finditer(lf.value):
+            name = m.group(1) or m.group(2)
+            if m.group(1) and (name in leaves or any(p.startswith(name + ".") for p in leaves)):
+                continue  # ${name} naming a config key: an OmegaConf interpolation that reached the script quoted
+            diags.error("NM243", f"'{path}' holds ${name} ({lf.value!r}): {name} is neither a key of the config (an OmegaConf "
+                        "interpolation) nor a shell variable nemo-migrate knows (the shell expands those before NeMo starts)", key=path,
+                        hint=f"pass --set {path}=<value> to nemo-migrate, or set {name}=... in the launcher", **lf.prov.where())
 
 
 def resolve_interpolations(leaves: dict[str, Leaf], diags: Diagnostics, label: str) -> None:
@@ -205,45 +325,86 @@ def resolve_interpolations(leaves: dict[str, Leaf], diags: Diagnostics, label: s
 
 # ---------------------------------------------------------------------------------------------- lowering
 
-def lower(yaml_path: Path, display: str, hydra: list[tuple[str, Provenance]], diags: Diagnostics, fmt: str | None = None,
-          base: Path | None = None) -> tuple[Node, str]:
-    """The NeMo 2 IR tree a NeMo 1.0 / Aligner config means."""
+def _pick_script(script: str | None, fmt: str | None, user: dict[str, Leaf] | None, shipped: Path | None) -> str:
+    if script_entry(script) is not None:
+        return Path(script).name  # type: ignore[arg-type]
+    for name, e in _scripts().items():  # the shipped config itself: its own script
+        if shipped is not None and e.get("defaults") == shipped.name:
+            return name
+    by = knowledge.load("nemo1/scripts.yaml")["by_format"]
+    if fmt == "nemo1" and user is not None and not any(p.startswith("model.peft.") for p in user):
+        return by["nemo1-no-peft"]
+    return by[fmt or "nemo1"]
+
+
+def lower(yaml_path: Path | None, display: str, hydra: list[tuple[str, Provenance]], diags: Diagnostics, fmt: str | None = None,
+          base: Path | None = None, script: str | None = None) -> tuple[Node, str]:
+    """The NeMo 2 IR tree a NeMo 1.0 / Aligner job means.  ``yaml_path`` is the user's config (None, or a shipped
+    file, when the launcher runs the script's own default config); ``script`` the launched script's path, if known."""
     from .yaml_source import load_yaml_file
 
-    data = load_yaml_file(yaml_path, display, diags)
+    user: dict[str, Leaf] | None = None
+    if yaml_path is not None and not _is_shipped(yaml_path):
+        data = load_yaml_file(yaml_path, display, diags)
+        if diags.has_errors:
+            raise MigrateError(diags)
+        fmt = fmt or detect(data)
+        user = _user_leaves(yaml_path, display, diags)
+        if user is None:
+            raise MigrateError(diags)
+    name = _pick_script(script, fmt, user, yaml_path if yaml_path is not None and user is None else None)
+    entry = script_entry(name)
+    assert entry is not None  # scripts.yaml's by_format names listed scripts
+    if entry["format"] == "unsupported":
+        diags.error("NM242", f"{name} ({entry['label']}) cannot be migrated: {entry['reason']}", hint=entry.get("hint"))
+        raise MigrateError(diags)
+    if fmt is not None and user is not None and fmt != entry["format"]:
+        diags.warning("NM244", f"{display} looks like a {'NeMo-Aligner' if fmt == 'aligner' else 'NeMo 1.0'} config, but the launcher runs {name}; "
+                      f"it is read as {name} reads it", file=display)
+    fmt = entry["format"]
+    label = entry["label"]
+    dprov = Provenance(kind="nemo-default", detail=f"{label.split(' (')[0]} default ({entry['defaults'].replace('.yaml', '')})")
+    leaves = _flatten(knowledge.load(f"nemo1/{entry['defaults']}"), lambda _p: dprov)
+    peft_read = name != "megatron_gpt_sft.py"  # megatron_gpt_sft.py never reads model.peft
+    if user is not None:
+        if not any(p.startswith("model.peft.") for p in user):  # the user's config has no PEFT section: none of the shipped one
+            for p in [p for p in leaves if p.startswith("model.peft.")]:
+                del leaves[p]
+            if peft_read:
+                leaves["model.peft.peft_scheme"] = Leaf("none", Provenance(kind="derived", file=display, detail=f"{display} has no model.peft: full fine-tuning"))
+                diags.note("NM245", f"{display} has no model.peft section: read as full fine-tuning (peft_scheme none); {name} of "
+                              f"{entry['source']['version']} reads cfg.model.peft.peft_scheme and stops without it", file=display,
+                              hint="add model.peft.peft_scheme: none (or lora) to the config")
+        for p, lf in user.items():
+            for q in [q for q in leaves if q.startswith(p + ".")]:
+                del leaves[q]  # a user value replaces the whole default subtree under it
+            parent = p.rsplit(".", 1)[0] if "." in p else None
+            if parent in leaves:
+                del leaves[parent]
+            leaves[p] = lf
+    apply_hydra(leaves, hydra, diags)
+    _shell_variables(leaves, diags)
     if diags.has_errors:
         raise MigrateError(diags)
-    fmt = fmt or detect(data) or "nemo1"
-    table = knowledge.load("nemo1/lowering.yaml")
-    spec = table["formats"][fmt]
-    dname = spec["defaults"]
-    default_tree = knowledge.load(f"nemo1/{dname}")
-    dprov = Provenance(kind="nemo-default", detail=f"{spec['label'].split(' (')[0]} default ({dname.replace('.yaml', '')})")
-    leaves = _flatten(default_tree, lambda _p: dprov)
-    user = _user_leaves(yaml_path, display, diags)
-    if user is None:
-        raise MigrateError(diags)
-    for p, lf in user.items():
-        for q in [q for q in leaves if q.startswith(p + ".")]:
-            del leaves[q]  # a user value replaces the whole default subtree under it
-        parent = p.rsplit(".", 1)[0] if "." in p else None
-        if parent in leaves:
-            del leaves[parent]
-        leaves[p] = lf
-    apply_hydra(leaves, hydra, diags)
+    scheme = leaves.get("model.peft.peft_scheme")
+    if not peft_read or str(getattr(scheme, "value", "none")).lower() in ("none", "null", ""):
+        # no adapters: the shipped PEFT settings are not part of the job (the user's own are still reported)
+        for p in [p for p, lf in leaves.items() if p.startswith("model.peft.") and p != "model.peft.peft_scheme" and lf.prov is dprov]:
+            del leaves[p]
     resolve_interpolations(leaves, diags, display)
     for p, lf in leaves.items():
-        if lf.value in (MANDATORY, "???") and not p.startswith(("model.data.test_ds", "model.peft.p_tuning")):
-            diags.error("NM230", f"'{p}' is mandatory ('???' in the {spec['label']} config) and has no value", key=p,
-                        hint=f"set {p} in the YAML or as {p}=... on the command line", file=display)
+        if lf.value == MANDATORY and p.startswith(("model.data.test_ds", "model.peft.p_tuning")):
+            leaves[p] = Leaf(None, lf.prov)  # read with .get(..., None) (no test set), or only by another PEFT scheme
+        elif lf.value == MANDATORY:
+            diags.error("NM230", f"'{p}' is mandatory ('???' in the {label} config) and has no value", key=p,
+                        hint=f"set {p} in the YAML or as {p}=... on the command line", **(lf.prov.where() or {"file": display}))
     if diags.has_errors:
         raise MigrateError(diags)
-    tree = _skeleton(fmt, leaves)
-    ctx = _Lowering(fmt, leaves, tree, diags, display, base or yaml_path.parent)
-    rows = table["rows"]
+    tree = _skeleton(fmt, leaves, entry)
+    ctx = _Lowering(fmt, leaves, tree, diags, display, base or (yaml_path.parent if yaml_path is not None and user is not None else Path(".")), name)
+    rows = knowledge.load("nemo1/lowering.yaml")["rows"]
     for path in list(leaves):
-        row = _match(rows, path, fmt)
-        ctx.apply(row, path)
+        ctx.apply(_match(rows, path, fmt), path)
     ctx.finish()
     if diags.has_errors:
         raise MigrateError(diags)
@@ -261,10 +422,10 @@ def _match(rows: list[dict], path: str, fmt: str) -> dict:
     return {"from": "*", "extra": True}
 
 
-def _skeleton(fmt: str, leaves: dict[str, Leaf]) -> Node:
+def _skeleton(fmt: str, leaves: dict[str, Leaf], entry: dict) -> Node:
     p = Provenance(kind="nemo-default", detail="NeMo 1.0 job structure" if fmt == "nemo1" else "NeMo-Aligner job structure")
     build = lambda spec: schema.build(spec, {}, p)  # noqa: E731
-    return build({
+    tree = build({
         "_target_": "finetune", "_partial_": True,
         "model": {"_target_": "GPTModel", "config": {"_target_": "ModelConfig"}},
         "trainer": {"_target_": "Trainer", "strategy": {"_target_": "MegatronStrategy"},
@@ -275,13 +436,17 @@ def _skeleton(fmt: str, leaves: dict[str, Leaf]) -> Node:
         "log": {"_target_": "NeMoLogger", "ckpt": {"_target_": "ModelCheckpoint"}},
         "nemo1": {"_target_": "NeMo1Settings"},
         "tokenizer": "model",
-    })  # type: ignore[return-value]
+    })
+    settings = tree.fields["nemo1"]
+    assert isinstance(settings, Node)
+    # the defaults' release, for the report (rule N1012) and the knob table (nemo1._target_)
+    tree.fields["nemo1"] = settings.model_copy(update={"prov": Provenance(kind="nemo-default", detail=f"{entry['label']}: defaults from {source_text(entry)}")})
+    return tree  # type: ignore[return-value]
 
 
 class _Lowering:
-    def __init__(self, fmt: str, leaves: dict[str, Leaf], tree: Node, diags: Diagnostics, display: str, base: Path):
-        self.fmt, self.leaves, self.tree, self.diags, self.display, self.base = fmt, leaves, tree, diags, display, base
-        self.internal = Diagnostics()
+    def __init__(self, fmt: str, leaves: dict[str, Leaf], tree: Node, diags: Diagnostics, display: str, base: Path, script: str):
+        self.fmt, self.leaves, self.tree, self.diags, self.display, self.base, self.script = fmt, leaves, tree, diags, display, base, script
 
     def v(self, path: str, default: Any = None) -> Any:
         lf = self.leaves.get(path)
@@ -323,11 +488,9 @@ class _Lowering:
         self.set(to, value, lf.prov)
 
     # -- the small functions the table points at -----------------------------------------------------------
-    def fn_aligner_max_steps(self, row: dict, path: str, lf: Leaf) -> None:
-        if isinstance(lf.value, int) and lf.value > 0:
-            self.set("trainer.max_steps", lf.value, lf.prov)
-            return
-        self.pending_max_steps = lf  # -1 = epoch-based: computed in finish() from the data if it is on disk
+    def fn_later(self, row: dict, path: str, lf: Leaf) -> None:
+        """Kept as nemo1.<path> and read again in finish(): the value NeMo derives from it depends on other settings."""
+        self.extra(path, lf)
 
     def fn_wandb(self, row: dict, path: str, lf: Leaf) -> None:
         if lf.value:
@@ -345,6 +508,12 @@ class _Lowering:
         self.extra(path, lf)
 
     def fn_peft_scheme(self, row: dict, path: str, lf: Leaf) -> None:
+        if self.script == "megatron_gpt_sft.py":
+            if str(lf.value).lower() not in ("none", "null", ""):
+                self.diags.warning("NM245", f"megatron_gpt_sft.py does not read model.peft: peft_scheme {lf.value!r} is ignored and the "
+                                   "whole model is trained", key=path, hint="launch megatron_gpt_finetuning.py for PEFT", **lf.prov.where())
+            self.extra(path, lf)
+            return
         scheme = str(lf.value).lower() if lf.value is not None else "none"
         if scheme in ("none", "null", ""):
             self.set("peft", None, lf.prov)
@@ -426,45 +595,131 @@ class _Lowering:
             self.set("optim.lr_scheduler", None, lf.prov)
             return
         if lf.value != "CosineAnnealing":
-            self.diags.warning("NM239", f"scheduler {lf.value!r}: only CosineAnnealing has a mapping", key=path, **lf.prov.where())
+            self.diags.error("NM239", f"scheduler {lf.value!r}: only CosineAnnealing (NeMo's warmup + cosine, with an optional hold at "
+                             "min_lr) has an Automodel equivalent", key=path, hint="set model.optim.sched.name=CosineAnnealing, "
+                             "or ~model.optim.sched for a constant learning rate", **lf.prov.where())
+            return
         node = schema.build({"_target_": "CosineAnnealingScheduler"}, {}, lf.prov)
         self.set("optim.lr_scheduler", node, lf.prov)
 
+    # -- values NeMo derives from several settings ------------------------------------------------------------
     def finish(self) -> None:
-        """Values NeMo derives from others."""
         vci = self.leaves.get("trainer.sft.val_check_interval" if self.fmt == "aligner" else "trainer.val_check_interval")
         if self.fmt == "nemo1" and vci is not None and isinstance(vci.value, int):
             # exp_manager's checkpoint callback saves when validation runs
             self.set("log.ckpt.every_n_train_steps", vci.value, vci.prov.model_copy(update={"detail": "checkpoints are saved at each validation"})
                      if vci.prov.kind != "yaml" else vci.prov)
         self.set("log.ckpt.save_last", True, Provenance(kind="nemo-default", detail="exp_manager ModelCheckpoint(save_last=True)"))
+        pp = self.leaves.get("model.pipeline_model_parallel_size")
+        if pp is not None and isinstance(pp.value, int) and pp.value > 1:  # NeMo 2 asks for it explicitly; NeMo 1.0 derives it
+            prec = str(self.v("trainer.precision"))
+            dtype = "torch.bfloat16" if "bf16" in prec else "torch.half" if prec in ("16", "16-mixed", "fp16") else "torch.float32"
+            self.set("trainer.strategy.pipeline_dtype", dtype, Provenance(kind="nemo-default", detail=f"NeMo 1.0 pipelines in the dtype of trainer.precision "
+                     f"{prec} (MegatronBaseModel.torch_dtype)"))
         if self.fmt == "aligner":
             self.set("data.dataset_kwargs.answer_only_loss", True,
                      Provenance(kind="nemo-default", detail="train_gpt_sft.py builds the datasets with answer_only_loss=True"))
-        pending = getattr(self, "pending_max_steps", None)
-        if pending is not None:
-            steps = self._epochs_to_steps()
-            if steps is None:
-                self.diags.error("NM240", "trainer.sft.max_steps=-1 trains for max_epochs epochs of the data, whose size is not known here",
-                                 key="trainer.sft.max_steps", hint="pass --set trainer.sft.max_steps=N (N = epochs x samples / global batch), "
-                                 "or run convert where the training file exists", **pending.prov.where())
-            else:
-                self.set("trainer.max_steps", steps[0], pending.prov.model_copy(update={"kind": "derived", "file": None, "line": None, "col": None,
-                                                                                       "detail": steps[1]}))
+            self._aligner_steps()
+        else:
+            ms = self.leaves.get("trainer.max_steps")
+            if ms is None or not isinstance(ms.value, int) or isinstance(ms.value, bool) or ms.value <= 0:
+                self.diags.error("NM246", f"trainer.max_steps={getattr(ms, 'value', None)!r}: {self.script} stops with \"Trainer max_steps must be "
+                                 "set to a positive integer\" (MegatronGPTSFTModel sizes the training set as max_steps x global batch; it has "
+                                 "no epoch-based mode)", key="trainer.max_steps", hint="set trainer.max_steps=N (N = epochs x samples / global batch)",
+                                 **((ms.prov.where() if ms is not None else {}) or {"file": self.display}))
+
+    def _aligner_steps(self) -> None:
+        """NeMo-Aligner's SupervisedTrainer: max_steps = max_epochs x (samples // GBS), capped by trainer.sft.max_steps when >= 0."""
+        ms = self.leaves.get("trainer.sft.max_steps")
+        n = ms.value if ms is not None else -1
+        where = (ms.prov.where() if ms is not None else {}) or {"file": self.display}
+        if not isinstance(n, int) or isinstance(n, bool):
+            self.diags.error("NM234", f"trainer.sft.max_steps={n!r} is not an integer", key="trainer.sft.max_steps", **where)
+            return
+        if self.v("model.data.train_ds.drop_last") is False:
+            lf = self.leaves["model.data.train_ds.drop_last"]
+            self.diags.error("NM249", "model.data.train_ds.drop_last=False: NeMo-Aligner's SupervisedTrainer raises NotImplementedError "
+                             "(compute_num_steps_per_epoch)", key="model.data.train_ds.drop_last", hint="remove the override (True)", **lf.prov.where())
+            return
+        if n == 0:
+            self.diags.error("NM249", "trainer.sft.max_steps=0: NeMo-Aligner trains min(max_epochs x steps per epoch, 0) = 0 steps",
+                             key="trainer.sft.max_steps", hint="set a positive max_steps, or -1 to train max_epochs epochs", **where)
+            return
+        if n > 0:
+            self.set("trainer.max_steps", n, ms.prov)  # type: ignore[union-attr]
+            return
+        steps = self._epochs_to_steps()
+        prov = (ms.prov if ms is not None else Provenance(kind="nemo-default")).model_copy(update={"kind": "derived", "file": None, "line": None, "col": None})
+        if steps is not None:
+            self.set("trainer.max_steps", steps[0], prov.model_copy(update={"detail": steps[1]}))
+        else:
+            # the data is not readable here: Automodel runs num_epochs epochs with max_steps unset (rule N1013, which also
+            # says what of the LR schedule cannot be known).  None, not Lightning's -1: rule SCH001 and validate() read
+            # trainer.max_steps as NeMo 2's step count (and set_path refuses None for an int field)
+            trainer = self.tree.fields["trainer"]
+            assert isinstance(trainer, Node)
+            files = ", ".join(self._train_files()) or "unset"
+            trainer.fields["max_steps"] = Knob(value=None, prov=prov.model_copy(update={
+                "detail": f"trainer.sft.max_steps=-1: max_epochs epochs of {files} (not readable here)"}))
+
+    def _train_files(self) -> list[str]:
+        files = self.v("model.data.train_ds.file_path") or self.v("model.data.train_ds.file_names")
+        return [files] if isinstance(files, str) else [str(f) for f in (files or [])]
 
     def _epochs_to_steps(self) -> tuple[int, str] | None:
-        files = self.v("model.data.train_ds.file_path") or self.v("model.data.train_ds.file_names")
-        files = [files] if isinstance(files, str) else list(files or [])
+        n = count_samples(self._train_files(), self.base)
         gbs = self.v("model.data.train_ds.global_batch_size")
         epochs = self.v("trainer.sft.max_epochs", 1)
-        n = 0
-        for f in files:
-            p = Path(f) if Path(f).is_absolute() else self.base / f
-            if not p.is_file():
-                return None
-            with p.open("rb") as fh:
-                n += sum(1 for line in fh if line.strip())
-        if not isinstance(gbs, int) or gbs <= 0 or not n:
+        if not n or not isinstance(gbs, int) or gbs <= 0 or not isinstance(epochs, int) or epochs <= 0:
             return None
-        per_epoch = n // gbs  # drop_last=True
-        return per_epoch * int(epochs), f"max_epochs {epochs} x ({n} samples // global batch {gbs}) = {per_epoch * int(epochs)} steps"
+        per_epoch = aligner_steps_per_epoch(n, gbs, self.v("trainer.sft.limit_train_batches", 1.0))
+        return per_epoch * epochs, f"max_epochs {epochs} x ({n} samples // global batch {gbs}{_limit_text(self.v('trainer.sft.limit_train_batches', 1.0))}) = {per_epoch * epochs} steps"
+
+
+def _limit_text(limit: Any) -> str:
+    return "" if limit in (None, 1.0, 1) or (isinstance(limit, float) and limit > 1.0) else f", limit_train_batches {limit}"
+
+
+def count_samples(files: list[str], base: Path | None) -> int | None:
+    """Non-empty lines of the training JSONL file(s) (relative paths from the job directory), or None if one is not a
+    readable regular file."""
+    n = 0
+    for f in files:
+        p = Path(f) if Path(f).is_absolute() or base is None else base / f
+        try:
+            st = p.stat()
+        except (OSError, ValueError):
+            return None
+        if not p.is_file():
+            return None
+        got = _count_lines(str(p), st.st_size, st.st_mtime_ns)
+        if got is None:
+            return None
+        n += got
+    return n if files else None
+
+
+@lru_cache(maxsize=32)
+def _count_lines(path: str, size: int, mtime: int, cap: int = 50_000_000) -> int | None:
+    n, content = 0, False
+    try:
+        with open(path, "rb") as fh:
+            for piece in iter(lambda: fh.readline(1 << 20), b""):  # bounded reads: a file without newlines is not held at once
+                content = content or bool(piece.strip())
+                if piece.endswith(b"\n"):
+                    n, content = n + content, False
+                    if n >= cap:
+                        break
+    except OSError:
+        return None
+    return n + content
+
+
+def aligner_steps_per_epoch(samples: int, gbs: int, limit: Any = 1.0) -> int:
+    """nemo_aligner/utils/trainer_utils.py::compute_num_steps_per_epoch (drop_last): samples // GBS, then limit_train_batches."""
+    steps = samples // gbs
+    if limit is None or (isinstance(limit, float) and limit > 1.0):
+        limit = 1.0
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        return steps
+    return int(steps * limit) if isinstance(limit, float) else min(steps, limit)
