@@ -200,6 +200,15 @@ def _semantic_findings(cfg: AutomodelConfig, view: AutomodelView, ctx: FactCtx) 
             cfg.rejected["lr_scheduler"] = rej
             cfg.findings.error("AM216", f"lr_scheduler: {rej}", key="lr_scheduler.lr_warmup_steps",
                                hint="lr_warmup_steps must be below lr_decay_steps (the total steps when unset)", **cfg.where("lr_scheduler"))
+    # everything else Automodel 0.7 would refuse, from the same checks convert runs before it writes (AM300-AM349)
+    from .automodel_rules import rejections
+
+    covered = set(cfg.rejected) | {f.key for f in cfg.findings.items if f.severity == "error" and f.key}
+    for r in rejections(cfg.values, ctx.world):
+        if any(r.key == k or r.key.startswith(k + ".") for k in covered):
+            continue
+        cfg.rejected.setdefault(r.key, r.what)
+        cfg.findings.error(r.code, r.message, key=r.key, hint=f"write {r.key} as {r.fix}", **cfg.where(r.key))
 
 
 def _kind_of(path: Path, diags: Diagnostics) -> str:
@@ -211,6 +220,13 @@ def _kind_of(path: Path, diags: Diagnostics) -> str:
         if (path / "recipe.py").is_file() or nemo_launcher or any(_is_nemo_yaml(p, diags) for p in path.glob("*.yaml")):
             return "nemo2"
         return "automodel"
+    if path.suffix in (".py", ".ipynb", ".json", ".toml"):  # a recipe/script, a notebook or a NeMo-Run export
+        return "nemo2"
+    if path.suffix not in (".yaml", ".yml"):
+        from .sources.launch import looks_like_launcher
+
+        if looks_like_launcher(path):  # run.sh, an sbatch script: the NeMo job it launches
+            return "nemo2"
     return "nemo2" if _is_nemo_yaml(path, diags) else "automodel"
 
 
@@ -323,7 +339,8 @@ def run_diff(a: Path, b: Path, recipe: Path | None = None, sets: list[str] | Non
 
     def sides(p: Path, kind: str) -> list[Side]:
         if kind == "nemo2":
-            src_recipe = recipe if recipe is not None else (p.parent / "recipe.py" if p.is_file() and (p.parent / "recipe.py").is_file() else None)
+            yaml_file = p.is_file() and p.suffix in (".yaml", ".yml")
+            src_recipe = recipe if recipe is not None else (p.parent / "recipe.py" if yaml_file and (p.parent / "recipe.py").is_file() else None)
             return nemo_sides(p, src_recipe if p.is_file() else recipe, sets, nproc, nnodes, model)
         files = sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.is_file()) if p.is_dir() else [p]
         return [automodel_side(f, f.name if p.is_dir() else str(f), diags, nproc, nnodes) for f in files]

@@ -18,9 +18,8 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from . import knowledge
+from .automodel_rules import _MISSING, lr_params, lr_violations
 from .ir import Status
-
-_MISSING = object()
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -136,24 +135,16 @@ def lr_schedule(view: View, total: int | None) -> tuple[list[float] | None, str,
         return ([lr] * total if total else None), f"constant {lr:.6g} (no lr_scheduler)", None
     if not total:
         return None, "unknown (no max_steps)", None
-    g = lambda k: view.explicit(f"lr_scheduler.{k}")  # noqa: E731
-    W = g("lr_warmup_steps")
-    W = min(1000, total // 10) if W is _MISSING or W is None else int(W)
-    D = g("lr_decay_steps")
-    D = total if D is _MISSING or D is None else int(D)
-    init = g("init_lr")
-    init = 0.1 * lr if init is _MISSING or init is None else float(init)
-    mx = g("max_lr")
-    mx = lr if mx is _MISSING or mx is None else float(mx)
-    mn = g("min_lr")
-    mn = 0.01 * lr if mn is _MISSING or mn is None else float(mn)
-    style = g("lr_decay_style")
-    style = "cosine" if style is _MISSING or style is None else str(style)
+    p = lr_params(lambda k: view.explicit(f"lr_scheduler.{k}"), lr, total)  # the arguments 0.7 passes, defaults included
+    W, D, init, mx, mn, style = int(p.warmup), int(p.decay), float(p.init), float(p.max), float(p.min), p.style
     desc = f"{style}: warmup {W} from {init:.4g}, peak {mx:.4g}, to {mn:.4g} at step {D}"
+    violations = lr_violations(p)  # OptimizerParamScheduler's assertions (migrate/automodel_rules.py)
     if not W < D:
         return None, desc, f"lr_warmup_steps {W} >= lr_decay_steps {D}: AssertionError in OptimizerParamScheduler"
     if init > mx or mn > mx or D <= 0:
         return None, desc, "init_lr/min_lr above max_lr or decay steps <= 0: AssertionError"
+    if violations:
+        return None, desc, f"{violations[0][2]}: AssertionError ({violations[0][1]})"
     out = []
     for n in range(total):
         if W > 0 and n <= W:

@@ -104,6 +104,9 @@ _FAMILIES: list[tuple[str, str, str]] = [
     ("mistral", "MistralConfig", "MistralForCausalLM"),
 ]
 _DEFAULT_FAMILY = ("llama", "LlamaConfig", "LlamaForCausalLM")
+# Families whose HF model is remote code (trust_remote_code), not a transformers class: no tiny model can be built
+# here, so LoRA patterns are only instantiated, not matched against module names (the report says so).
+_REMOTE_CODE = ("baichuan", "chatglm")
 
 
 @dataclass
@@ -460,6 +463,9 @@ def _check_peft(report: CheckReport, cfg: ConfigNode, tp_size: int):
         return None, []
 
     targets = [str(p) for p in _as_list(peft_cfg.target_modules)]
+    if any(k in model_id.lower() for k in _REMOTE_CODE):
+        report.info["lora_check_skipped"] = f"{model_id} is remote code, not a transformers class: module names not checked"
+        return None, []
 
     # enough layers for every layer a pattern names (NeMo's layer_selection becomes '*.layers.N.*' patterns)
     named = [int(m) for p in targets for m in re.findall(r"layers\.(\d+)\.", p)]

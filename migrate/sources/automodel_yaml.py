@@ -8,17 +8,21 @@
 * validity findings: unknown keys in strict sections (mappings/automodel/schema.yaml), ``_target_`` that 0.7 drops,
   invalid dtype strings, a missing ``recipe:``/``loss_fn``/``optimizer``, legacy keys that do nothing.
 
+What 0.7 accepts (types, strict sections, dataset classes, LoRA selectors, dtypes, the loader's value translation) is
+read from the one home of that knowledge, :mod:`migrate.automodel_rules`, which the pre-write check of ``convert``
+also uses.
+
 Every value keeps its file:line; nothing is executed and nothing is imported from the config.
 """
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import knowledge
+from ..automodel_rules import allowed_keys, dtype_ok, field_specs, lora_conflicts, normalize_dtype, translate_all, translate_value, type_ok
 from ..diagnostics import Diagnostics, did_you_mean
 from .yaml_source import YamlError, _Builder, _mark, compose_file
 
@@ -55,30 +59,7 @@ class AutomodelConfig:
 
 
 _MISSING = object()
-
-
-def translate_value(v: Any) -> Any:
-    """nemo_automodel.components.config.loader.translate_value."""
-    if not isinstance(v, str):
-        return v
-    if v in ("none", "None"):
-        return None
-    if v in ("true", "True"):
-        return True
-    if v in ("false", "False"):
-        return False
-    try:
-        return ast.literal_eval(v)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return v
-
-
-def _translate_all(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _translate_all(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_translate_all(x) for x in v]
-    return translate_value(v)
+__all__ = ["AutomodelConfig", "looks_like_automodel", "normalize_dtype", "read_automodel_yaml", "translate_value"]
 
 
 def looks_like_automodel(data: Any) -> bool:
@@ -120,7 +101,7 @@ def read_automodel_yaml(path: Path, display: str, diags: Diagnostics) -> Automod
     except YamlError as e:
         diags.error(f"{FIND}101", str(e), file=display, line=e.line, col=e.col)
         return None
-    cfg = AutomodelConfig(display, _translate_all(raw), pos)
+    cfg = AutomodelConfig(display, translate_all(raw), pos)
     _reverse_lower(cfg)
     return cfg
 
@@ -167,9 +148,10 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
                 cfg.rejected[sect] = "not a mapping"
                 f.error(f"{FIND}220", f"section '{sect}' must be a mapping of keys, found {_short(v[sect])}", key=sect, **cfg.where(sect))
                 del v[sect]
-    for path, want in (schema.get("types") or {}).items():
+    for path, spec in field_specs().items():
+        want = spec.get("type")
         got = cfg.get(path, _MISSING)
-        if got is _MISSING or _type_ok(got, want):
+        if want is None or got is _MISSING or type_ok(got, want):
             continue
         parent, _, leaf = path.rpartition(".")
         cfg.rejected[path] = f"expects {want}"
@@ -187,7 +169,7 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
         elif "torch_dtype" in model:
             model.pop("torch_dtype")
         dt = model.get("dtype")
-        if dt is not None and dt != "auto" and not _dtype_ok(dt, schema):
+        if dt is not None and dt != "auto" and not dtype_ok(dt):
             cfg.rejected["model.dtype"] = f"dtype_from_str({dt!r}) raises KeyError"
             f.error(f"{FIND}206", f"model dtype {dt!r} is not accepted by Automodel's dtype_from_str (KeyError)", key="model.dtype",
                     hint="use bfloat16 / bf16 / float32 / float16", **cfg.where("model.torch_dtype" if "model.torch_dtype" in cfg.pos else "model.dtype"))
@@ -202,28 +184,26 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
         for k, why in (spec.get("legacy") or {}).items():
             if k in block:
                 f.warning(f"{FIND}208", f"{sect}.{k}: {why}", key=f"{sect}.{k}", **cfg.where(f"{sect}.{k}"))
-        if spec.get("strict"):
-            fields = set(spec["fields"])
-            if sect in ("dataset", "validation_dataset"):
-                fields = _dataset_fields(block.get("_target_"), block) or fields
+        fields = allowed_keys(sect, block, v)
+        if fields is not None:
             for k in block:
-                if k not in fields and k not in spec.get("dropped", []):
+                if k not in fields:
                     cfg.rejected[f"{sect}.{k}"] = "unknown key"
                     f.error(f"{FIND}209", f"unknown key '{k}' in the strict section '{sect}' (0.7 raises TypeError/ValueError)",
-                            key=f"{sect}.{k}", hint=did_you_mean(k, fields), **cfg.where(f"{sect}.{k}"))
+                            key=f"{sect}.{k}", hint=did_you_mean(str(k), fields), **cfg.where(f"{sect}.{k}"))
     if isinstance(v.get("checkpoint"), dict) and "_target_" in v["checkpoint"]:
         cfg.rejected["checkpoint._target_"] = "TypeError"
     peft = v.get("peft")
     if isinstance(peft, dict):
-        tm, ex = peft.get("target_modules") or [], peft.get("exclude_modules") or []
-        if isinstance(tm, str):
-            peft["target_modules"] = tm = [tm]
-        if peft.get("match_all_linear") and (tm or ex):
+        if isinstance(peft.get("target_modules"), str) and peft["target_modules"]:
+            peft["target_modules"] = [peft["target_modules"]]
+        conflicts = lora_conflicts(peft)
+        if "match_all_linear" in conflicts:
             cfg.rejected["peft"] = "match_all_linear with target_modules/exclude_modules: ValueError since v0.4.0"
             f.error(f"{FIND}210", "match_all_linear: true together with target_modules/exclude_modules raises ValueError in Automodel >= 0.4 "
                     "(before, match_all_linear won and adapted every linear layer, lm_head included)", key="peft.match_all_linear",
                     hint="drop match_all_linear and list the projections, e.g. target_modules: ['*_proj']", **cfg.where("peft.match_all_linear"))
-        if tm and ex:
+        if "exclusive" in conflicts:
             cfg.rejected["peft"] = "target_modules and exclude_modules are mutually exclusive"
             f.error(f"{FIND}211", "target_modules and exclude_modules are mutually exclusive (ValueError)", key="peft.exclude_modules",
                     **cfg.where("peft.exclude_modules"))
@@ -247,48 +227,3 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
 def _short(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _type_ok(v: Any, want: str) -> bool:
-    if want.startswith("?"):
-        if v is None:
-            return True
-        want = want[1:]
-    if want == "int":
-        return isinstance(v, int) and not isinstance(v, bool)
-    if want == "number":
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
-    if want == "list[number]":
-        return isinstance(v, list) and all(_type_ok(x, "number") for x in v)
-    if want == "str":
-        return isinstance(v, str)
-    return True
-
-
-_DATASET_FIELDS = {
-    "ChatDataset": ["path_or_dataset_id", "split", "name", "seq_length", "padding", "truncation", "start_of_turn_token", "chat_template",
-                    "shuffle_seed", "mask_reasoning_content", "mask_history", "unshifted", "skip_invalid_samples", "mask_generation_prompt"],
-    "make_squad_dataset": ["seq_length", "limit_dataset_samples", "fp8", "split", "dataset_name", "padding", "truncation", "chat_template"],
-}
-
-
-def _dataset_fields(target: Any, block: dict) -> set[str]:
-    """Extra keys a dataset section accepts besides ColumnMapped's (unknown dataset classes: not checked)."""
-    name = str(target or "").rsplit(".", 1)[-1]
-    if name in _DATASET_FIELDS:
-        return set(_DATASET_FIELDS[name]) | {"_target_", "tokenizer"}
-    if name in ("ColumnMappedTextInstructionDataset", ""):
-        return set()
-    return set(block)
-
-
-def _dtype_ok(dt: Any, schema: dict) -> bool:
-    s = str(dt).lower().replace("torch.", "")
-    return s in schema["dtypes"]
-
-
-def normalize_dtype(dt: Any) -> str:
-    if dt is None or dt == "auto":
-        return "auto"
-    s = str(dt).lower().replace("torch.", "")
-    return knowledge.load("automodel/schema.yaml")["dtypes"].get(s, s)
