@@ -31,7 +31,8 @@ def _out():
 
 @app.command()
 def convert(
-    source: Path = typer.Argument(..., help="A NeMo 2 job directory (recipe.py, run.sh, config-*.yaml), a NeMo 2 YAML, or a recipe.py."),
+    source: Path = typer.Argument(..., help="A NeMo job: a folder (recipe.py, run.sh, config-*.yaml), a launcher script (run.sh, "
+                                  "sbatch), a recipe/script .py, a .ipynb notebook, a NeMo 2 / NeMo 1.0 / Aligner YAML, or a NeMo-Run export (--to-yaml)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory. Without it nothing is written (a plan is printed)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe.py with the factory (default: recipe.py next to SOURCE)."),
     factory: Optional[str] = typer.Option(None, "--factory", help="Factory to start from, e.g. 'migration_recipe()' or llama3_8b (beats run.sh's)."),
@@ -39,7 +40,8 @@ def convert(
     nnodes: Optional[int] = typer.Option(None, "--nnodes", min=1, help="Nodes (sets trainer.num_nodes)."),
     set_: List[str] = typer.Option([], "--set", help="A NeMo-Run dotted override applied last, e.g. --set trainer.max_steps=100 (repeatable)."),
     model: Optional[str] = typer.Option(None, "--model", help="HF model id or local HF directory to train (replaces the restore path)."),
-    run_sh: Optional[Path] = typer.Option(None, "--run-sh", help="The NeMo 2 launcher script (default: run.sh in SOURCE)."),
+    run_sh: Optional[Path] = typer.Option(None, "--run-sh", help="The launcher script: run.sh / an sbatch script (default: the one in SOURCE)."),
+    launch_line: Optional[int] = typer.Option(None, "--launch-line", min=1, help="The line of the launcher's command to migrate when it runs several."),
     launcher: str = typer.Option("auto", "--launcher", help="auto: also sbatch.sh when recipe.py launches on a SlurmExecutor; slurm: always write sbatch.sh; local: run.sh only."),
     check: bool = typer.Option(False, "--check", help="Compare with what is in OUT and write nothing: exit 0 same, 2 differs."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in OUT that differ."),
@@ -52,7 +54,7 @@ def convert(
 
     c = _out()
     opts = Options(source=source, out=out, recipe=recipe, factory=factory, nproc_per_node=nproc_per_node, nnodes=nnodes,
-                   sets=list(set_), model=model, run_sh=run_sh, launcher=launcher)
+                   sets=list(set_), model=model, run_sh=run_sh, launcher=launcher, launch_line=launch_line)
     if launcher not in ("auto", "slurm", "local"):
         c.error_line(f"--launcher {launcher!r}: expected auto, slurm or local")
         raise typer.Exit(1)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, emit, rules
+from . import __version__, automodel_rules, emit, rules
 from .diagnostics import Diagnostics, MigrateError
 from .ir import STATUSES, KnobOutcome, TargetValue
 from .resolve import Inputs, Job, resolve
-from .sources.launch import Launch, expand_positional, parse_run_sh, variant_of
-from .sources.recipe_py import parse_recipe_py
+from .sources.launch import Launch, expand_positional, looks_like_launcher, notebook_launch, parse_run_sh, variant_of
+from .sources.recipe_py import RecipeModule, parse_recipe_py
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Options:
     model: str | None = None
     run_sh: Path | None = None
     launcher: str = "auto"  # auto: sbatch.sh too when recipe.py has a SlurmExecutor; slurm: always; local: run.sh only
+    launch_line: int | None = None  # the launcher's command to migrate when it runs several
 
 
 @dataclass
@@ -121,54 +122,84 @@ def _rel(p: Path, base: Path) -> str:
     try:
         return str(p.resolve().relative_to(base.resolve()))
     except ValueError:
-        return str(p)
+        return os.path.normpath(str(p))
 
 
-def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | None, Path]:
+def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | None, Path, RecipeModule | None]:
+    """What the job is made of: the recipe/script/notebook, the launcher and the YAML variants (and, for a notebook, the
+    interpreted module, since its shell cells may be the launcher)."""
     src = opts.source
     if not src.exists():
         diags.error("NM001", f"no such file or directory: {src}")
         raise MigrateError(diags)
+    if not src.is_dir() and _not_a_file(src):
+        diags.error("NM001", f"{src} is {_not_a_file(src)}, not a file nemo-migrate can read")
+        raise MigrateError(diags)
+    for given in (opts.recipe, opts.run_sh):
+        if given is not None and _not_a_file(given):
+            diags.error("NM001", f"{given} is {_not_a_file(given)}, not a file nemo-migrate can read")
+            raise MigrateError(diags)
     base = src if src.is_dir() else src.parent
     recipe = opts.recipe
     launch_path = opts.run_sh
     yamls: list[Path] = []
+    job_dir = src.is_dir()  # the job is a folder: its YAMLs are the variants
     if src.is_dir():
-        if recipe is None:
-            cands = [src / "recipe.py"] if (src / "recipe.py").is_file() else sorted(p for p in src.glob("*.py") if _looks_like_recipe(p))
-            if len(cands) > 1:
-                diags.error("NM002", f"several recipe files in {src}: {', '.join(p.name for p in cands)}", hint="pick one with --recipe")
-                raise MigrateError(diags)
-            recipe = cands[0] if cands else None
-        if launch_path is None:
-            cands = [src / "run.sh"] if (src / "run.sh").is_file() else sorted(p for p in src.glob("*.sh") if "torchrun" in _head(p) or "recipe.py" in _head(p))
-            launch_path = cands[0] if cands else None
-        yamls = sorted(p for p in src.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    else:
-        if src.suffix not in (".yaml", ".yml"):
-            if src.suffix == ".py" and recipe is None:
-                recipe = src
-            else:
-                diags.error("NM003", f"expected a directory, a NeMo 2 YAML or a recipe.py, got {src.name}")
-                raise MigrateError(diags)
-        else:
-            yamls = [src]
-        if recipe is None and (src.parent / "recipe.py").is_file() and src.suffix in (".yaml", ".yml") and not _is_nemo1(src):
+        recipe = recipe or _find_recipe(src, diags)
+        launch_path = launch_path or _find_launcher(src)
+        yamls = _dir_yamls(src, diags)
+    elif src.suffix in (".py", ".ipynb"):
+        recipe = recipe or src
+    elif src.suffix in (".yaml", ".yml") or (src.suffix in (".json", ".toml") and _is_export(src)):
+        yamls = [src]
+        if recipe is None and (src.parent / "recipe.py").is_file() and src.suffix in (".yaml", ".yml") and not _is_nemo1(src) \
+                and not _is_export(src):
             diags.note("NM004", f"using {src.parent / 'recipe.py'} next to the YAML (pass --recipe to choose another)")
             recipe = src.parent / "recipe.py"
-    launch = parse_run_sh(launch_path, _rel(launch_path, base), diags) if launch_path is not None else None
+    elif looks_like_launcher(src):  # run.sh, an sbatch script: the job is what it launches, from its folder
+        launch_path = launch_path or src
+        job_dir = True
+    else:
+        diags.error("NM003", f"expected a job folder, a launcher script (run.sh / sbatch), a recipe .py script, a .ipynb notebook, "
+                    f"a YAML job or a NeMo-Run export, got {src.name}")
+        raise MigrateError(diags)
+    set_keys = {x.partition("=")[0].lstrip("+~") for x in opts.sets}
+
+    def is_recipe(script: str) -> bool | None:
+        return True if recipe is not None and Path(script).name == recipe.name else None
+
+    launch = parse_run_sh(launch_path, _rel(launch_path, base), diags, is_recipe=is_recipe, set_keys=set_keys,
+                          launch_line=opts.launch_line) if launch_path is not None else None
+    if launch is not None and launch.kind == "pretrain":
+        raise MigrateError(diags)
+    if recipe is None and launch is not None and launch.script and launch.launcher in ("torchrun", "python") \
+            and not _hydra_script(launch) and (base / launch.script).suffix == ".py" and (base / launch.script).is_file():
+        recipe = base / launch.script  # the script the launcher runs
+    module = None
+    if recipe is not None and recipe.suffix == ".ipynb" and launch is None:
+        module, launch = _notebook(recipe, _rel(recipe, base), base, set_keys, diags)
+        if launch is not None and launch.kind == "pretrain":
+            raise MigrateError(diags)
+        if launch is not None and (launch.launcher == "nemo-cli" or _hydra_script(launch) or launch.config_name):
+            recipe, module = None, None  # the notebook's shell cells run NeMo's CLI or a NeMo 1 / Aligner script
     if diags.has_errors:
         raise MigrateError(diags)
+    if launch is not None and job_dir and not src.is_dir() and (launch.yaml_args or launch.config_name):
+        yamls = _dir_yamls(base, diags)  # a launcher given alone: the YAMLs it names are in its folder
     pairs: list[tuple[str | None, Path | None]] = []
     pattern = launch.yaml_pattern() if launch else None
-    if src.is_dir() and launch is not None and launch.config_name:
-        name = launch.config_name if launch.config_name.endswith((".yaml", ".yml")) else launch.config_name + ".yaml"
-        y = src / (launch.config_path or ".") / name
-        if not y.is_file():
-            diags.error("NM006", f"the launcher's --config-name {launch.config_name} ({y}) is not in {src}", file=launch.file, line=launch.line)
-        else:
-            pairs.append((None, y))
-    elif src.is_dir():
+    if launch is not None and (launch.config_name or _hydra_script(launch)):
+        # NeMo 1.0 / Aligner (Hydra): the --config-name YAML of the job, or the script's shipped default config
+        from .sources.nemo1 import locate_config
+
+        y = locate_config(base, launch, diags)
+        if y is None:
+            raise MigrateError(diags)
+        pairs.append((None, y))
+        for other in (p for p in yamls if p.resolve() != y.resolve()):
+            diags.note("NM248", f"{other.name} is not read: the launcher runs {Path(launch.script or '?').name} with "
+                       f"{'--config-name ' + launch.config_name if launch.config_name else 'its own default config'}", file=_rel(other, base))
+    elif job_dir:
         if pattern:
             for y in yamls:
                 v = variant_of(pattern, y.name)
@@ -178,27 +209,27 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
                     diags.note("NM005", f"{y.name} does not match the launcher's --yaml {pattern.replace('{}', '${1}')}; not converted",
                                file=_rel(y, base))
             if not pairs:
-                diags.error("NM006", f"no YAML in {src} matches the launcher's --yaml {pattern.replace('{}', '${1}')}")
+                diags.error("NM006", f"no YAML in {base} matches the launcher's --yaml {pattern.replace('{}', '${1}')}")
         elif launch is not None and launch.yaml_args:
             name = launch.yaml_args[0][0]
-            y = (src / name)
+            y = (base / name)
             if not y.is_file():
-                diags.error("NM006", f"the launcher's --yaml {name} is not in {src}", **launch.yaml_args[0][1].where())
+                diags.error("NM006", f"the launcher's --yaml {name} is not in {base}", **launch.yaml_args[0][1].where())
             else:
                 pairs.append((None, y))
-        else:
+        elif src.is_dir():
             for y in yamls:
                 m = _CONFIG_NAME.match(y.name)
                 pairs.append((m.group(1) if m else (y.stem if len(yamls) > 1 else None), y))
-            if not pairs:
-                pairs.append((None, None))
+        if not pairs and not diags.has_errors:
+            pairs.append((None, None))
     else:
         if yamls:
             m = _CONFIG_NAME.match(yamls[0].name)
             pairs.append((m.group(1) if m else None, yamls[0]))
         else:
             pairs.append((None, None))
-    if recipe is None and not opts.factory and not (launch and launch.factory) and not any(_is_nemo1(y) for _, y in pairs if y):
+    if recipe is None and not opts.factory and not (launch and launch.factory) and not any(_is_nemo1(y) or _is_export(y) for _, y in pairs if y):
         diags.error("NM007", "no recipe.py found and no --factory given", hint="pass --recipe recipe.py, or --factory <NeMo recipe name> (e.g. llama3_8b)")
     if diags.has_errors:
         raise MigrateError(diags)
@@ -219,7 +250,75 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
             variant=variant,
             job_dir=base,
         ))
-    return inputs, launch, base
+    return inputs, launch, base, module
+
+
+def _find_recipe(src: Path, diags: Diagnostics) -> Path | None:
+    if (src / "recipe.py").is_file():
+        return src / "recipe.py"
+    cands = sorted(p for p in list(src.glob("*.py")) + list(src.glob("*.ipynb")) if p.is_file() and _looks_like_recipe(p))
+    if len(cands) > 1:  # helper modules build parts of the job; the script is the one that launches it
+        cands = [p for p in cands if _launches(p)] or cands
+    if len(cands) > 1:
+        diags.error("NM002", f"several recipe files in {src}: {', '.join(p.name for p in cands)}", hint="pick one with --recipe")
+        raise MigrateError(diags)
+    return cands[0] if cands else None
+
+
+def _find_launcher(src: Path) -> Path | None:
+    if (src / "run.sh").is_file():
+        return src / "run.sh"
+    cands = sorted(p for p in src.iterdir() if p.is_file() and looks_like_launcher(p))
+    return cands[0] if len(cands) == 1 else None
+
+
+def _dir_yamls(src: Path, diags: Diagnostics) -> list[Path]:
+    out = []
+    for p in sorted(src.iterdir()):
+        if p.suffix not in (".yaml", ".yml"):
+            continue
+        kind = _not_a_file(p)
+        if kind:
+            diags.error("NM009", f"{p.name} is {kind}, not a config file; it would silently be left out",
+                        file=p.name, hint="remove or rename it, or convert the files you mean one by one")
+            continue
+        out.append(p)
+    return out
+
+
+def _notebook(path: Path, display: str, base: Path, set_keys: set[str], diags: Diagnostics) -> tuple[RecipeModule | None, Launch | None]:
+    """A notebook: its Python cells interpreted; when they launch nothing, its shell cells may hold the launch."""
+    module = parse_recipe_py(path, display, diags)
+    if module is None:
+        raise MigrateError(diags)
+    if module.launches:
+        return module, None
+    return module, notebook_launch(module.source.shell, display, diags, base=base, set_keys=set_keys)
+
+
+def _not_a_file(p: Path) -> str | None:
+    """What a path is when it is not a regular file that can be read ('a directory', 'a broken symbolic link'...)."""
+    import stat
+
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return "a broken symbolic link" if p.is_symlink() else "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO (named pipe)"
+    if not stat.S_ISREG(st.st_mode):
+        return "a device or socket"
+    return None
+
+
+def _hydra_script(launch: Launch) -> bool:
+    from .sources.nemo1 import hydra_scripts
+
+    return bool(launch.script) and Path(launch.script).name in hydra_scripts()
 
 
 def _is_nemo1(p: Path) -> bool:
@@ -229,9 +328,25 @@ def _is_nemo1(p: Path) -> bool:
     return detect(load_yaml_outline(p, p.name, Diagnostics())) is not None
 
 
+def _is_export(p: Path) -> bool:
+    from .sources.nemorun_export import is_export
+
+    return is_export(p)
+
+
+_RECIPE_MARKS = ("finetune_recipe", "pretrain_recipe", "run.cli.main", "run.Partial", "llm.finetune", "llm.pretrain", "nemo_run")
+
+
+_LAUNCH_MARKS = re.compile(r"\brun\.run\(|\bcli\.main\(|\bllm\.finetune\(|\.add\([^)]*executor|\bllm\.pretrain\(")
+
+
+def _launches(p: Path) -> bool:
+    return bool(_LAUNCH_MARKS.search(_head(p, 2_000_000)))
+
+
 def _looks_like_recipe(p: Path) -> bool:
-    head = _head(p, 200_000)
-    return "finetune_recipe" in head or "run.cli.main" in head or "run.Partial" in head
+    head = _head(p, 2_000_000 if p.suffix == ".ipynb" else 200_000)
+    return any(m in head for m in _RECIPE_MARKS)
 
 
 def _head(p: Path, n: int = 20_000) -> str:
@@ -246,10 +361,10 @@ def _head(p: Path, n: int = 20_000) -> str:
 
 def convert(opts: Options) -> Conversion:
     diags = Diagnostics()
-    inputs, launch, base = discover(opts, diags)
-    module = None
-    if inputs and inputs[0].recipe is not None:
-        module = parse_recipe_py(inputs[0].recipe, inputs[0].recipe_display or "recipe.py", diags)
+    inputs, launch, base, module = discover(opts, diags)
+    if module is None and inputs and inputs[0].recipe is not None:
+        argv = launch.script_args if launch is not None and launch.script and Path(launch.script).name == inputs[0].recipe.name else None
+        module = parse_recipe_py(inputs[0].recipe, inputs[0].recipe_display or "recipe.py", diags, argv=argv)
         if module is None:
             raise MigrateError(diags)
     variants: list[Variant] = []
@@ -271,6 +386,11 @@ def convert(opts: Options) -> Conversion:
             diags.warning("NM600", f"'{p}' contains '$': Automodel 0.7 expands ${{VAR}} and $VAR in every YAML string when it loads the file",
                           hint="rename the path, or make sure the variable is set when the job starts")
         launch_sz = ctx.cache.get("launch", {"nproc_per_node": 1, "nnodes": 1})
+        rejected = automodel_rules.check_targets(targets, world_size=launch_sz["nproc_per_node"] * launch_sz["nnodes"])
+        if rejected:  # never write a config Automodel 0.7 rejects (AM300-AM349, at the NeMo source line)
+            diags.extend(rejected)
+            failed = True
+            continue
         out_name = inp.yamls[0][0].name if inp.yamls else f"{inp.label}.yaml"
         header = _header(inp, job, launch is not None)
         text = emit.render_config(targets, header)

@@ -207,6 +207,8 @@ def dollar_values(targets: dict[str, TargetValue]) -> list[str]:
                 walk(f"{path}[{i}]", x)
 
     for p, tv in targets.items():
+        if tv.note and tv.note.startswith("Automodel expands"):
+            continue  # an interpolation written on purpose (e.g. ${NEMO_DATASETS_CACHE,...})
         walk(p, tv.value)
     return out
 

@@ -108,7 +108,7 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
     model = Node(
         cls=schema.resolve_class(r.get("model_class") or "GPTModel") or "GPTModel",
         prov=rd("model()"),
-        fields={"config": Node(cls="ModelConfig", prov=rd("model()"))},
+        fields={"config": Node(cls=r.get("config_class") or "ModelConfig", prov=rd("model()"))},
     )
     fac_kwargs: dict[str, Any] = {
         "model": model,

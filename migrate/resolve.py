@@ -21,7 +21,7 @@ from .diagnostics import Diagnostics, MigrateError, did_you_mean
 from .ir import Knob, Node, Provenance, find_cycle
 from .sources.launch import Launch
 from .sources.overrides import parse_override
-from .sources.recipe_py import FactoryInterpreter, RecipeModule, parse_recipe_py
+from .sources.recipe_py import FactoryInterpreter, RecipeModule, parse_recipe_py, pick_launch
 from .sources.yaml_source import NodeSpec, Override, read_nemo_yaml
 
 _FACTORY = re.compile(r"^([\w\.]+)(?:\((.*)\))?$", re.S)
@@ -82,6 +82,10 @@ class Inputs:
 
 def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None) -> Job:
     """Build the effective job or raise MigrateError (every problem found is in ``diags``)."""
+    from .sources import nemorun_export
+
+    if len(inp.yamls) == 1 and nemorun_export.is_export(inp.yamls[0][0]):
+        return _resolve_export(inp, diags)
     if len(inp.yamls) == 1:
         from .sources import nemo1
         from .sources.yaml_source import load_yaml_outline
@@ -101,18 +105,35 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
     if diags.has_errors:
         raise MigrateError(diags)
 
-    # 1. the factory: YAML run.factory > nemo-migrate --factory > run.sh --factory > default_factory
+    # 1. the job: a factory (YAML run.factory > nemo-migrate --factory > the launch line's --factory > run.cli.main's
+    #    default_factory), or, for a script that launches with run.run / run.Experiment / llm.finetune(...), the
+    #    fine-tune it launches.
     fac_text, fac_prov = None, None
     for y in yaml_sets:
         if y.factory is not None:
             fac_text, fac_prov = str(y.factory.value), y.factory.prov
     if fac_text is None and inp.factory:
         fac_text, fac_prov = inp.factory, Provenance(kind="cli", detail=f"--factory {inp.factory}")
-    if fac_text is None and inp.launch is not None and inp.launch.factory is not None:
+    if fac_text is None and inp.launch is not None and inp.launch.factory is not None and \
+            (module is None or module.cli is not None or not module.launches):
         fac_text, fac_prov = str(inp.launch.factory.value), inp.launch.factory.prov
-    if fac_text is None and module is not None and module.default_factory is not None:
+    if fac_text is None and module is not None and module.cli is not None and module.default_factory is not None:
         name, line = module.default_factory
-        fac_text, fac_prov = name, Provenance(kind="recipe.py", file=module.file, line=line, detail="default_factory")
+        fac_text, fac_prov = name, Provenance(kind="recipe.py", file=module.file, line=line, detail="default_factory",
+                                              cell=module.cli.prov.cell)
+    launched = None
+    if fac_text is None and module is not None and module.launches:
+        launched = pick_launch(module, diags)
+        tree, recipe_name = launched.task, launched.task.origin
+        fac_text, fac_prov = launched.factory or f"the job launched at {launched.prov}", launched.prov
+        if yaml_sets:
+            diags.warning("NM351", f"the script launches the job itself ({launched.prov}); the YAML file(s) "
+                          f"{', '.join(y.file for y in yaml_sets)} are not read by it and are not applied",
+                          hint="a YAML applies to a NeMo-Run CLI launch (run.cli.main / --factory / --yaml)")
+            yaml_sets = []
+        if inp.launch is not None and (inp.launch.overrides or inp.launch.yaml_args or inp.launch.factory is not None):
+            diags.warning("NM352", "the launch line passes NeMo-Run arguments (--factory / --yaml / overrides), but the script does not use "
+                          "NeMo-Run's CLI (no run.cli.main); they are not applied", file=inp.launch.file, line=inp.launch.line)
     if fac_text is None:
         cands = module.factory_names() if module else []
         diags.error(
@@ -122,13 +143,14 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
             **({"file": module.file} if module else {}),
         )
         raise MigrateError(diags)
-    tree, recipe_name = _run_factory(fac_text, fac_prov, module, diags)
+    if launched is None:
+        tree, recipe_name = _run_factory(fac_text, fac_prov, module, diags)
 
     # 2. YAML then CLI overrides, merged as NeMo-Run merges them
     overrides: list[Override] = []
     for y in yaml_sets:
         overrides.extend(y.overrides)
-    if inp.launch is not None:
+    if inp.launch is not None and launched is None:
         overrides.extend(inp.launch.overrides)
     for s in inp.sets:
         ov = parse_override(s, Provenance(kind="cli", detail=s), diags)
@@ -138,40 +160,43 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
         overrides.append(Override("trainer.devices", "=", inp.nproc_per_node, Provenance(kind="cli", detail=f"--nproc-per-node {inp.nproc_per_node}")))
     if inp.nnodes is not None:
         overrides.append(Override("trainer.num_nodes", "=", inp.nnodes, Provenance(kind="cli", detail=f"--nnodes {inp.nnodes}")))
-    main_names = sorted(set(module.functions) | set(module.imports) | set(module.constants)) if module else []
+    main_names = module.names() if module else []
     _apply_overrides(tree, overrides, diags, main_names)
     cyc = find_cycle(tree)
     if cyc is not None:
         diags.error("NM226", f"'{cyc[0]}' contains the object it belongs to (a job cannot contain itself)", key=cyc[0], **cyc[1].where(),
                     hint="assign a new run.Config(...) there instead of the recipe or one of its parents")
         raise MigrateError(diags)
+    if module is not None and module.interp is not None:
+        module.interp.check_job(tree, diags)
+    if launched is not None:
+        module.executors = [launched.executor] if launched.executor is not None else []
     if module is not None and module.executors:
         _attach_executor(tree, module, diags)
     if diags.has_errors:
         raise MigrateError(diags)
 
-    job = Job(
-        label=inp.label,
-        variant=inp.variant,
-        tree=tree,
-        factory=fac_text,
-        factory_prov=fac_prov,
-        recipe=recipe_name or _guess_recipe(tree),
-        launch_file=inp.launch.file if inp.launch else None,
-        launch_line=inp.launch.line if inp.launch else None,
-        launch_env=dict(inp.launch.env) if inp.launch else {},
-        standalone=inp.launch.standalone if inp.launch else True,
-        inputs=[d for _, d in inp.yamls] + ([inp.recipe_display] if inp.recipe_display else []) + ([inp.launch.file] if inp.launch else []),
-        model_override=inp.model,
-        main_names=main_names,
-        data_dir=str(inp.job_dir) if inp.job_dir else None,
-    )
+    job = _job(inp, tree, fac_text, fac_prov, recipe_name or _guess_recipe(tree),
+               [d for _, d in inp.yamls] + ([inp.recipe_display] if inp.recipe_display else []), main_names)
     _check_launch(job, inp.launch, diags)
     adjust(job, diags)
     validate(job, diags)
     if diags.has_errors:
         raise MigrateError(diags)
     return job
+
+
+def _job(inp: Inputs, tree: Node, factory: str, factory_prov: Provenance, recipe: str | None, inputs: list[str],
+         main_names: list[str] | None = None) -> Job:
+    """The IR of one variant: the tree and what the launcher adds (file, line, environment, standalone)."""
+    launch = inp.launch
+    return Job(
+        label=inp.label, variant=inp.variant, tree=tree, factory=factory, factory_prov=factory_prov, recipe=recipe,
+        launch_file=launch.file if launch else None, launch_line=launch.line if launch else None,
+        launch_env=dict(launch.env) if launch else {}, standalone=launch.standalone if launch else True,
+        inputs=inputs + ([launch.file] if launch else []), model_override=inp.model, main_names=list(main_names or []),
+        data_dir=str(inp.job_dir) if inp.job_dir else None,
+    )
 
 
 def _attach_executor(tree: Node, module: RecipeModule, diags: Diagnostics) -> None:
@@ -200,23 +225,48 @@ def _resolve_nemo1(inp: Inputs, fmt: str, diags: Diagnostics) -> Job:
     from .sources import nemo1
 
     path, display = inp.yamls[0]
+    if nemo1.shipped_display(path):  # the script's own default config (no YAML in the job): name it, not where it is installed
+        display = nemo1.shipped_display(path)
+        inp.yamls[0] = (path, display)
     hydra = list(inp.launch.hydra) if inp.launch else []
     if inp.launch is not None and inp.launch.overrides:
         hydra += [(o.raw or f"{o.path}={o.value}", o.prov) for o in inp.launch.overrides]
     hydra += [(s, Provenance(kind="cli", detail=s)) for s in inp.sets]
-    tree, fmt = nemo1.lower(path, display, hydra, diags, fmt, base=inp.job_dir)
+    script = inp.launch.script if inp.launch is not None else None  # the script decides the defaults (mappings/nemo1/scripts.yaml)
+    tree, fmt = nemo1.lower(path, display, hydra, diags, fmt, base=inp.job_dir, script=script)
     for value, key, flag in ((inp.nproc_per_node, "trainer.devices", "--nproc-per-node"), (inp.nnodes, "trainer.num_nodes", "--nnodes")):
         if value is not None:
             schema.set_path(tree, key, Knob(value=value, prov=Provenance(kind="cli", detail=f"{flag} {value}")), diags, {})
     label = "NeMo 1.0 SFT/PEFT config" if fmt == "nemo1" else "NeMo-Aligner SFT config"
-    job = Job(
-        label=inp.label, variant=inp.variant, tree=tree, factory=f"{label} {display}",
-        factory_prov=Provenance(kind="yaml", file=display, line=1), recipe=None,
-        launch_file=inp.launch.file if inp.launch else None, launch_line=inp.launch.line if inp.launch else None,
-        launch_env=dict(inp.launch.env) if inp.launch else {}, standalone=inp.launch.standalone if inp.launch else True,
-        inputs=[display] + ([inp.launch.file] if inp.launch else []), model_override=inp.model,
-        data_dir=str(inp.job_dir) if inp.job_dir else None,
-    )
+    job = _job(inp, tree, f"{label} {display}", Provenance(kind="yaml", file=display, line=1), None, [display])
+    _check_launch(job, inp.launch, diags)
+    adjust(job, diags)
+    sched = tree.get("optim.lr_scheduler")
+    if isinstance(sched, Node) and isinstance(sched.fields.get("max_steps"), Knob) and sched.fields["max_steps"].value is None:
+        del sched.fields["max_steps"]  # an epoch-driven Aligner run whose data is not readable: no step count to copy (rule N1013)
+    validate(job, diags)
+    if diags.has_errors:
+        raise MigrateError(diags)
+    return job
+
+
+def _resolve_export(inp: Inputs, diags: Diagnostics) -> Job:
+    """NeMo-Run's own export of the built job (``--to-yaml``): the tree as NeMo built it; ``--set`` still applies."""
+    from .sources import nemorun_export
+
+    path, display = inp.yamls[0]
+    tree = nemorun_export.read_export(path, display, diags)
+    if tree is None or diags.has_errors:
+        raise MigrateError(diags)
+    overrides = [ov for s in inp.sets if (ov := parse_override(s, Provenance(kind="cli", detail=s), diags)) is not None]
+    for value, key, flag in ((inp.nproc_per_node, "trainer.devices", "--nproc-per-node"), (inp.nnodes, "trainer.num_nodes", "--nnodes")):
+        if value is not None:
+            overrides.append(Override(key, "=", value, Provenance(kind="cli", detail=f"{flag} {value}")))
+    _apply_overrides(tree, overrides, diags, [])
+    if diags.has_errors:
+        raise MigrateError(diags)
+    job = _job(inp, tree, f"NeMo-Run export {display}", Provenance(kind="yaml", file=display, line=1),
+               nemorun_export.guess_recipe(tree) or _guess_recipe(tree), [display])
     _check_launch(job, inp.launch, diags)
     adjust(job, diags)
     validate(job, diags)
@@ -411,7 +461,22 @@ def _set_adjusted(job: Job, path: str, value: Any, why: str) -> None:
     schema.set_path(job.tree, path, Knob(value=value, prov=Provenance(kind="nemo-adjust", detail=why)), d, {})
 
 
+# llm.finetune(optim=None) trains with the model's optimizer: GPTModel.__init__ sets `optim or
+# MegatronOptimizerModule(config=OptimizerConfig(lr=1e-4, use_distributed_optimizer=True))` and no LR scheduler
+# (NVIDIA/NeMo nemo/collections/llm/gpt/model/base.py:587 @ 8cfedd72; api.finetune: "If not provided, the default
+# optimizer from the model will be used").
+_MODEL_DEFAULT_OPTIM = {"_target_": "MegatronOptimizerModule",
+                        "config": {"_target_": "OptimizerConfig", "lr": 1.0e-4, "use_distributed_optimizer": True}}
+
+
 def adjust(job: Job, diags: Diagnostics) -> None:
+    if job.tree.cls == "finetune" and not isinstance(job.tree.fields.get("optim"), Node):
+        model_optim = job.get("model.optim")
+        if isinstance(model_optim, Node):
+            job.tree.fields["optim"] = model_optim
+        else:
+            prov = Provenance(kind="nemo-default", detail="GPTModel default optimizer when llm.finetune gets optim=None")
+            job.tree.fields["optim"] = schema.build(_MODEL_DEFAULT_OPTIM, {}, prov)
     tp = job.value("trainer.strategy.tensor_model_parallel_size", 1)
     pp = job.value("trainer.strategy.pipeline_model_parallel_size", 1)
     sp = job.knob("trainer.strategy.sequence_parallel")
@@ -434,8 +499,9 @@ def adjust(job: Job, diags: Diagnostics) -> None:
     if isinstance(sched, Node) and ms is not None:
         old = sched.fields.get("max_steps")
         if not (isinstance(old, Knob) and old.value == ms.value and old.prov == ms.prov):
-            _set_adjusted(job, "optim.lr_scheduler.max_steps", ms.value,
-                          f"MegatronStrategy.setup copies trainer.max_steps ({ms.prov}) into the LR scheduler (NeMo >= 2.1.0)")
+            who = ("ModelPT.setup_optimization passes trainer.max_steps ({}) to the LR scheduler (NeMo 1.0)" if isinstance(job.get("nemo1"), Node)
+                   else "MegatronStrategy.setup copies trainer.max_steps ({}) into the LR scheduler (NeMo >= 2.1.0)")
+            _set_adjusted(job, "optim.lr_scheduler.max_steps", ms.value, who.format(ms.prov))
 
 
 def validate(job: Job, diags: Diagnostics) -> None:
@@ -444,8 +510,9 @@ def validate(job: Job, diags: Diagnostics) -> None:
     if not isinstance(data, Node):
         diags.error("NM200", "the job has no data module (`data`)", hint="set data to run.Config(llm.FineTuningDataModule, dataset_root=...)")
         return
+    meta = _data_module(data, diags)
     spec = schema.spec(data.cls)
-    if spec is not None:
+    if spec is not None and meta is not None:
         for fname, fs in spec.fields.items():
             if fs.required and fname not in data.fields:
                 diags.error("NM210", f"{data.cls} is missing 1 required positional argument: '{fname}' (data.{fname})",
@@ -511,7 +578,7 @@ def validate(job: Job, diags: Diagnostics) -> None:
     seq = t.knob("data.seq_length")
     if cp.value > 1 and seq is not None and isinstance(seq.value, int) and seq.value % (2 * cp.value):
         diags.error("NM215", f"with context parallel {cp.value}, seq_length {seq.value} ({seq.prov}) must be divisible by 2 x CP", **w(seq, cp))
-    if cp.value > 1 and data.cls in ("FineTuningDataModule", "ChatDataModule") and not t.value("model.config.calculate_per_token_loss"):
+    if cp.value > 1 and meta.get("finetuning") and not t.value("model.config.calculate_per_token_loss"):
         ptl = t.knob("model.config.calculate_per_token_loss")
         diags.error("NM215", f"context parallel {cp.value} ({cp.prov}) with {data.cls} needs model.config.calculate_per_token_loss=True "
                     "(NeMo's _validate_config asserts it)", hint="set model.config.calculate_per_token_loss=True", **w(cp, *( [ptl] if ptl else [])))
@@ -528,6 +595,8 @@ def validate(job: Job, diags: Diagnostics) -> None:
             diags.error("NM218", f"packed sequences require micro_batch_size 1, found {mbs.value} ({mbs.prov})",
                         hint=f"NeMo suggests micro_batch_size=1 and global_batch_size={gbs.value // mbs.value}", **w(mbs))
     _validate_template(t, diags)
+    if meta.get("kind") == "megatron":
+        _validate_megatron(t, data, diags)
     tm = t.knob("peft.target_modules")
     if tm is not None and not (isinstance(tm.value, list) and all(isinstance(x, str) for x in tm.value)):
         diags.error("NM227", f"peft.target_modules must be a list of module names, found {tm.value!r} ({tm.prov})", key="peft.target_modules",
@@ -546,11 +615,89 @@ def validate(job: Job, diags: Diagnostics) -> None:
                     "max_steps, so a step count is required", **w(ms))
 
 
+_DATA_HINT = ("convert the data to JSONL ({\"input\": ..., \"output\": ...} per line; training.jsonl and validation.jsonl in one "
+              "folder) and use run.Config(llm.FineTuningDataModule, dataset_root=<folder>), or write the Automodel dataset: "
+              "section by hand")
+
+
+def _data_module(data: Node, diags: Diagnostics) -> dict | None:
+    """How the rule table maps the job's data module (its `data:` entry in mappings/nemo2/classes.yaml), or None after
+    an error: a class the table does not know (a user's own DataModule, whose data cannot be known without running
+    it) or a NeMo data module that cannot be migrated."""
+    meta = (knowledge.classes().get(data.cls) or {}).get("data") if data.known else None
+    where = data.prov.where()
+    if meta is None:
+        what = (f"'{data.cls}' is not a data module this compiler knows (your own class, or one NeMo does not ship): what "
+                "data it produces cannot be known without running it" if not data.known else
+                f"data is a {data.cls}, which is not a data module")
+        diags.error("NM260", f"{what}; the job cannot be migrated", key="data._target_", hint=_DATA_HINT, **where)
+        return None
+    if meta.get("refuse"):
+        diags.error("NM261", f"{data.cls} cannot be migrated to Automodel 0.7: {meta['refuse']}", key="data._target_",
+                    hint=meta.get("hint") or _DATA_HINT, **where)
+        return None
+    return meta
+
+
+def _validate_megatron(t: Job, data: Node, diags: Diagnostics) -> None:
+    """PreTrainingDataModule.__init__/build's own checks (NeMo 2.7.3 gpt/data/pre_training.py)."""
+    paths = t.knob("data.paths")
+    where = (paths.prov.where() if paths is not None else {}) or data.prov.where()
+
+    def prefixes(v: Any) -> list:  # the dataset prefixes of a path, a list (weights dropped) or a dict of them
+        if isinstance(v, dict):
+            return [p for x in v.values() for p in prefixes(x)]
+        if isinstance(v, (list, tuple)):
+            weighted = len(v) % 2 == 0 and all(isinstance(w, (int, float)) or _is_number(w) for w in v[::2])
+            return list(v[1::2] if weighted and v else v)
+        return [v]
+
+    found = prefixes(paths.value) if paths is not None else None
+    bad = [p for p in found or [] if not isinstance(p, str)]
+    if found is not None and (bad or not found):
+        what = f"{bad[0]!r} is not a path: NeMo raises 'Expected path to be of string or Path type' (pre_training.py:86-87)" if bad \
+            else "no dataset prefix to read"
+        diags.error("NM262", f"PreTrainingDataModule paths={paths.value!r} ({paths.prov}): {what}", key="data.paths",
+                    hint="dataset prefixes as strings, optionally preceded by weights: ['30', '/data/a_text_document', '70', '/data/b_text_document']",
+                    **where)
+        return
+    if paths is not None and isinstance(paths.value, dict):
+        missing = [k for k in ("train", "validation", "test") if k not in paths.value]
+        if missing:
+            diags.error("NM262", f"PreTrainingDataModule paths={paths.value!r} ({paths.prov}) has no {', '.join(map(repr, missing))} key: "
+                        "NeMo reads paths['train'], paths['validation'] and paths['test'] (pre_training.py:217-221)",
+                        key="data.paths", hint="give all three splits, or a list of (weight, prefix) entries with data.split", **where)
+        return
+    lvb = t.knob("trainer.limit_val_batches")
+    v = 1.0 if lvb is None or lvb.value is None else lvb.value
+    if isinstance(v, float) and 0.0 < v <= 1.0:
+        shown = f"{v} ({lvb.prov})" if lvb is not None and lvb.value is not None else "None (Lightning's 1.0)"
+        diags.error("NM263", f"PreTrainingDataModule with one blend of paths and trainer.limit_val_batches={shown}: NeMo's "
+                    "PreTrainingDataModule.build asserts that a fraction <= 1.0 is only used with separate train/validation/test "
+                    "paths (pre_training.py:310-324), so the NeMo job fails", key="trainer.limit_val_batches",
+                    hint="set trainer.limit_val_batches to a number of batches (NeMo's pretrain recipes use 32), or give paths as a "
+                         "dict with train, validation and test", **((lvb.prov.where() if lvb is not None else {}) or where))
+    nts, ms, gbs = t.knob("data.num_train_samples"), t.knob("trainer.max_steps"), t.knob("data.global_batch_size")
+    if nts is not None and isinstance(nts.value, int) and ms is not None and gbs is not None and \
+            isinstance(ms.value, int) and isinstance(gbs.value, int) and nts.value < ms.value * gbs.value:
+        diags.error("NM264", f"num_train_samples={nts.value} ({nts.prov}) is below max_steps x global_batch_size = {ms.value} x {gbs.value}: "
+                    "NeMo's PreTrainingDataModule.build asserts it is not (pre_training.py:288-291)", key="data.num_train_samples",
+                    **(nts.prov.where() or where))
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _validate_template(t: Job, diags: Diagnostics) -> None:
     dk = t.get("data.dataset_kwargs")
     data = t.get("data")
-    if not isinstance(data, Node) or data.cls not in ("FineTuningDataModule", "SquadDataModule", "SFTFileDataModule") or \
-            schema.value(data, "chat", False):
+    meta = (knowledge.classes().get(data.cls) or {}).get("data") or {} if isinstance(data, Node) else {}
+    if not isinstance(data, Node) or meta.get("kind") not in ("sft", "squad", "files") or schema.value(data, "chat", False):
         return
     vals: dict[str, Knob] = {}
     for name in ("prompt_template", "label_key", "truncation_field"):

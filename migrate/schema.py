@@ -82,7 +82,19 @@ def _alias_index() -> dict[str, str]:
 
 
 def spec(key: str) -> ClassSpec | None:
-    return _specs().get(key)
+    s = _specs().get(key)
+    if s is None and key and key not in _specs() and model_config_class(key):
+        return _specs()["ModelConfig"]  # Llama31Config8B, Qwen2Config7B, ...: one signature for all model configs
+    return s
+
+
+def model_config_class(dotted: str) -> str | None:
+    """The class name of a NeMo model config (``llm.Llama3Config8B`` -> ``Llama3Config8B``), None for other classes."""
+    leaf = dotted.rsplit(".", 1)[-1]
+    if leaf == "ModelConfig" or (re.match(r"^[A-Z]\w*Config\w*$", leaf) and leaf not in ("OptimizerConfig", "RestoreConfig")
+                                 and leaf not in _specs() and leaf not in _alias_index()):
+        return leaf
+    return None
 
 
 def resolve_class(dotted: str) -> str | None:
@@ -90,12 +102,19 @@ def resolve_class(dotted: str) -> str | None:
     idx = _alias_index()
     if dotted in idx:
         return idx[dotted]
+    # the leaf alone only for NeMo's own spellings: `mypkg.data.FineTuningDataModule` is the user's class, not NeMo's
+    if "." in dotted and not dotted.startswith(_NEMO_PREFIXES):
+        return None
     leaf = dotted.rsplit(".", 1)[-1]
     if leaf in idx:
         return idx[leaf]
     if re.match(r"^[A-Z]\w*Config\w*$", leaf) and leaf not in ("OptimizerConfig", "RestoreConfig"):
         return "ModelConfig"
     return None
+
+
+_NEMO_PREFIXES = ("nemo.", "nemo_run.", "megatron.", "lightning.", "pytorch_lightning.", "llm.", "nl.", "run.", "pl.", "torch.", "fiddle.",
+                  "builtins.")
 
 
 def known_class_names() -> list[str]:
@@ -118,7 +137,7 @@ class CoerceError(ValueError):
 
 def _parse_any(value: Any) -> Any:
     if isinstance(value, str):
-        if value in ("None", "null"):
+        if value.lower() in ("none", "null"):  # nemo_run/cli/cli_parser.py: value.lower() in ("none", "null")
             return None
         try:
             return ast.literal_eval(value)
@@ -133,7 +152,7 @@ def coerce(value: Any, fs: FieldSpec | None) -> Any:
         return value
     if fs is None or fs.type in ("any",):
         return _parse_any(value)
-    if value is None or (isinstance(value, str) and value in ("None", "null")):
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if fs.optional or fs.type in ("node", "any"):
             return None
         raise CoerceError(fs.describe(), value)
@@ -253,7 +272,8 @@ def build(spec_: Any, env: dict[str, Any], prov: Provenance, root: str | None = 
     if isinstance(spec_, dict) and "_target_" in spec_:
         target = str(spec_["_target_"])
         key = resolve_class(target)
-        node = Node(cls=key or target, known=key is not None, partial=bool(spec_.get("_partial_")), prov=prov)
+        node = Node(cls=(model_config_class(target) or key) if key == "ModelConfig" else (key or target), known=key is not None,
+                partial=bool(spec_.get("_partial_")), prov=prov)
         for k, v in spec_.items():
             if k in ("_target_", "_partial_"):
                 continue

@@ -23,6 +23,7 @@ PEFT_TARGET = "nemo_automodel.components._peft.lora.PeftConfig"
 COLUMN_MAPPED = "nemo_automodel.components.datasets.llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset"
 SQUAD = "nemo_automodel.components.datasets.llm.squad.make_squad_dataset"
 CHAT = "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset"
+MEGATRON = "nemo_automodel.components.datasets.llm.megatron_dataset.MegatronPretraining"
 MASKED_CE = "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy"
 NO_DECAY_PATTERN = r"(\.bias|norm\.weight)$"
 _HUB_LIKE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+\Z")
@@ -77,6 +78,7 @@ def _norm_name(s: str) -> str:
     s = s.rstrip("/").rsplit("/", 1)[-1].lower()
     s = re.sub(r"\.(nemo|ckpt|tar)$", "", s)
     s = re.sub(r"(_v\d+(\.\d+)*|-v\d+(\.\d+)*)$", "", s)
+    s = re.sub(r"[-_](nemo|mcore|megatron)(?=$|[-_])", "", s)  # llama-3-8b-instruct-nemo: NeMo's copy of the HF model
     s = re.sub(r"(\d)_(\d)", r"\1.\2", s)
     s = s.replace("_", "-").replace("meta-llama-", "llama-")
     return s
@@ -86,11 +88,12 @@ def guess_hf_id(local: str, recipe_hf: str | None) -> tuple[str | None, float]:
     """Best HF id for a local NeMo checkpoint directory name (e.g. llama-3_3-70b-instruct_v0.0.1)."""
     ids = list(knowledge.models()["models"]) + [r["hf_id"] for r in knowledge.recipes().values() if r.get("hf_id")]
     ids = sorted(set(ids))
-    name = _norm_name(local)
+    parts = [p for p in local.rstrip("/").split("/") if p]
+    names = [_norm_name(p) for p in parts[-2:]]  # the file, and the folder it sits in (.../llama-3-8b-instruct-nemo_v1.0/x.nemo)
     best, score = None, 0.0
     for i in ids:
         cand = _norm_name(i)
-        sc = difflib.SequenceMatcher(None, name, cand).ratio()
+        sc = max(difflib.SequenceMatcher(None, name, cand).ratio() for name in names) if names else 0.0
         if sc > score:
             best, score = i, sc
     if score < 0.75:
@@ -113,8 +116,14 @@ def model_from_restore(ctx: Ctx) -> Result | None:
     path = info["restore"]
     if info["id"] is None:
         kn = ctx.k("resume.restore_config.path")
-        ctx.diags.error("NM500", "no base model: resume.restore_config.path is not set and no --model was given",
-                        hint="pass --model <HF id or local HF directory>", **(kn.prov.where() if kn else {}))
+        if isinstance(path, str) and path:
+            ctx.diags.error("NM500", f"the base model is the NeMo checkpoint '{path}', whose Hugging Face model cannot be told from its "
+                            "name; Automodel 0.7 loads Hugging Face checkpoints only", key="resume.restore_config.path",
+                            hint="pass --model <HF id or local HF directory with the same weights> (export the checkpoint to HF "
+                                 "format with NeMo first if it holds weights of your own)", **(kn.prov.where() if kn else {}))
+        else:
+            ctx.diags.error("NM500", "no base model: the job restores no checkpoint (resume.restore_config.path is not set) "
+                            "and no --model was given", hint="pass --model <HF id or local HF directory>", **(kn.prov.where() if kn else {}))
         return Result("unsupported", "no base model to start from")
     if info["how"] == "--model":
         ctx.set("model.pretrained_model_name_or_path", info["id"], note="--model")
@@ -279,7 +288,10 @@ def data_parallel(ctx: Ctx) -> Result | None:
 def megatron_fsdp(ctx: Ctx) -> Result | None:
     if ctx.v("trainer.strategy.fsdp") == "megatron":
         ctx.set("distributed.strategy", "megatron_fsdp", "trainer.strategy.fsdp")
-        return Result("approximate", "Megatron custom FSDP maps to Automodel's megatron_fsdp strategy (its own bucketing and overlap settings)")
+        # MegatronFSDPConfig has no sequence_parallel (0.7 rejects the key); it only shards activations, the math is the same
+        ctx.unset("distributed.sequence_parallel")
+        return Result("approximate", "Megatron custom FSDP maps to Automodel's megatron_fsdp strategy (its own bucketing and overlap "
+                      "settings; it has no sequence_parallel, which only changes activation memory)")
     return None
 
 
@@ -316,6 +328,8 @@ def _count_lines(path: Path, cap: int) -> int:
 
 
 def epochs(ctx: Ctx) -> Result | None:
+    if ctx.has("nemo1.trainer.sft.max_steps"):
+        return Result("exact", "NeMo-Aligner: max_epochs caps the run (N1013 writes num_epochs)")
     ctx.set("step_scheduler.num_epochs", None, "trainer.max_epochs", note="follow max_steps")
     for p in ("trainer.min_epochs", "trainer.min_steps"):
         if ctx.v(p) not in (None, 0):
@@ -334,6 +348,8 @@ def epochs(ctx: Ctx) -> Result | None:
 
 
 def val_every(ctx: Ctx) -> Result | None:
+    if _validation_off(ctx):
+        return Result("exact", "validation is off (limit_val_batches=0), so its cadence is never used (SCH012)")
     v = ctx.v("trainer.val_check_interval")
     if v is None:
         return Result("approximate", "val_check_interval=None validates once per (up-sampled) epoch in NeMo, i.e. at the end; Automodel validates at the last step")
@@ -353,14 +369,32 @@ def val_every(ctx: Ctx) -> Result | None:
     return Result("unsupported", f"val_check_interval={v!r}")
 
 
+def _validation_off(ctx: Ctx) -> bool:
+    v = ctx.v("trainer.limit_val_batches")
+    return v == 0 and not isinstance(v, bool)
+
+
+def validation_off(ctx: Ctx) -> Result | None:
+    if _validation_off(ctx):
+        for path in ("validation_dataset", "validation_dataloader", "step_scheduler.val_every_steps"):
+            ctx.unset(path)
+    return None
+
+
 def limit_val(ctx: Ctx) -> Result | None:
     v = ctx.v("trainer.limit_val_batches")
     if v is None or v == 1.0 or v is True:
         return None
+    if _data_kind(ctx) == "megatron":
+        return Result("exact", "sizes the Megatron validation split (validation_dataset.num_val_samples, DAT015)")
+    if (_data_kind(ctx) == "chat" or ctx.v("data.chat")) and v != 0:
+        # ChatDatasetConfig has no sample limit (0.7 rejects limit_dataset_samples there): validation reads the whole file
+        return Result("approximate", f"limit_val_batches={v}: Automodel 0.7's ChatDataset has no sample limit, so each validation "
+                      "reads the whole validation file (the validation loss is averaged over more samples; training is the same)")
     gbs = ctx.v("data.global_batch_size")
     if isinstance(v, int) and not isinstance(v, bool):
         if v == 0:
-            return Result("unsupported", "limit_val_batches=0 disables validation; remove validation_dataset instead")
+            return Result("exact", "limit_val_batches=0 switches validation off in both (SCH012 leaves out the validation sections)")
         ctx.set("validation_dataset.limit_dataset_samples", v * gbs, "trainer.limit_val_batches", "data.global_batch_size",
                 note=f"{v} batches x GBS {gbs}")
         return Result("approximate", f"{v} NeMo validation batches of GBS {gbs} samples = the first {v * gbs} samples (limit_dataset_samples must not exceed the file)")
@@ -490,6 +524,19 @@ def lr_schedule(ctx: Ctx) -> Result | None:
     if min_lr > lr:
         kn = ctx.k("optim.lr_scheduler.min_lr")
         ctx.diags.error("NM520", f"min_lr {min_lr} is above the learning rate {lr}: NeMo's CosineAnnealing raises", **(kn.prov.where() if kn else {}))
+    if c > 0:  # NeMo's warmup-anneal-hold variant (warm-up from 0, cosine until max_steps - C, then min_lr)
+        try:
+            vals, how = nemo_cosine_hold(lr, w, c, m, min_lr)
+        except ValueError as e:
+            kn = ctx.k("optim.lr_scheduler.constant_steps")
+            ctx.diags.error("NM247", str(e), key="optim.lr_scheduler.constant_steps", **(kn.prov.where() if kn else {}))
+            return Result("unsupported", str(e))
+        own = {"lr_warmup_steps": ("optim.lr_scheduler.warmup_steps",), "min_lr": ("optim.lr_scheduler.min_lr",),
+               "init_lr": ("optim.config.lr", "optim.lr_scheduler.warmup_steps"), "max_lr": ("optim.config.lr",),
+               "lr_decay_steps": ("optim.lr_scheduler.max_steps", "optim.lr_scheduler.constant_steps", "optim.lr_scheduler.warmup_steps")}
+        for key, v in vals.items():
+            ctx.set(f"lr_scheduler.{key}", v, *own.get(key, src), note=how if key == "lr_decay_steps" else None)
+        return Result("exact", f"constant_steps={c}: {how}")
     ctx.set("lr_scheduler.lr_decay_style", "cosine", *src)
     ctx.set("lr_scheduler.lr_warmup_steps", w, "optim.lr_scheduler.warmup_steps")
     ctx.set("lr_scheduler.init_lr", lr / (w + 1) if w > 0 else lr, "optim.config.lr", "optim.lr_scheduler.warmup_steps",
@@ -498,8 +545,6 @@ def lr_schedule(ctx: Ctx) -> Result | None:
     decay = m if w < m else w + 1
     ctx.set("lr_scheduler.lr_decay_steps", decay, "optim.lr_scheduler.max_steps", "optim.lr_scheduler.warmup_steps",
             note=None if w < m else f"warmup {w} >= max_steps {m}: W+1 keeps every step in warmup, as NeMo")
-    if c > 0:
-        return Result("approximate", f"constant_steps={c}: NeMo's warmup-hold-cosine variant; Automodel's cosine has no hold phase")
     return None
 
 
@@ -859,19 +904,70 @@ def shlex_quote(s: str) -> str:
     return shlex.quote(s)
 
 
+def _data_meta(ctx: Ctx) -> dict[str, Any]:
+    """The `data:` entry of the data module's class in mappings/nemo2/classes.yaml (how the rules map it)."""
+    data = ctx.node("data")
+    return dict((knowledge.classes().get(data.cls) or {}).get("data") or {}) if data is not None else {}
+
+
+def _data_kind(ctx: Ctx) -> str | None:
+    """sft | squad | chat | files | megatron; a SquadDataModule given a dataset_root reads its files: 'sft'."""
+    kind = _data_meta(ctx).get("kind")
+    if kind == "squad" and ctx.v("data.dataset_root") is not None:
+        return "sft"
+    return kind
+
+
+def _files_mapped(ctx: Ctx) -> bool:
+    """The data module becomes ColumnMappedTextInstructionDataset over JSONL files (prompt template and all)."""
+    return _data_kind(ctx) in ("sft", "files") and not ctx.v("data.chat")
+
+
+ENV_NOTE = "Automodel expands NEMO_DATASETS_CACHE when it loads the file, as NeMo"  # an intended ${VAR,default} (see NM600)
+
+
+def _nemo_datasets_cache(ctx: Ctx) -> str:
+    """NeMo's NEMO_DATASETS_CACHE (nemo/lightning/base.py:26-29) as an Automodel 0.7 YAML string: the job's own
+    environment (run.sh, then the executor's env_vars) when it sets one, else Automodel's ${VAR,default}
+    interpolation (components/config/loader.py resolve_yaml_env_vars) over NeMo's default ~/.cache/nemo/datasets."""
+    env = dict(ctx.job.launch_env)
+    ex = ctx.v("executor.env_vars")
+    if isinstance(ex, dict):
+        env.update({str(k): str(v) for k, v in ex.items()})
+    if env.get("NEMO_DATASETS_CACHE"):
+        return env["NEMO_DATASETS_CACHE"].rstrip("/")
+    home = env["NEMO_HOME"].rstrip("/") if env.get("NEMO_HOME") else "$HOME/.cache/nemo"
+    return "${NEMO_DATASETS_CACHE," + home + "/datasets}"
+
+
+def _sft_root(ctx: Ctx) -> tuple[str, tuple[str, ...]]:
+    cache = _data_meta(ctx).get("cache")
+    if ctx.v("data.dataset_root") is None and cache:
+        return f"{_nemo_datasets_cache(ctx)}/{cache}", ("data._target_",)
+    return str(ctx.v("data.dataset_root")), ("data.dataset_root",)
+
+
 def dataset_source(ctx: Ctx) -> Result | None:
     data = ctx.node("data")
     cls = data.cls if data else None
-    if cls == "FineTuningDataModule":
-        root = str(ctx.v("data.dataset_root"))
+    meta, kind = _data_meta(ctx), _data_kind(ctx)
+    if kind == "sft":
+        root, src = _sft_root(ctx)
+        note = ENV_NOTE if "${" in root else None
         ctx.set("dataset._target_", COLUMN_MAPPED, "data._target_")
-        ctx.set("dataset.path_or_dataset_id", _jsonl(root, "training.jsonl"), "data.dataset_root")
+        ctx.set("dataset.path_or_dataset_id", _jsonl(root, "training.jsonl"), *src, note=note)
         ctx.set("validation_dataset._target_", COLUMN_MAPPED, "data._target_")
-        ctx.set("validation_dataset.path_or_dataset_id", _jsonl(root, "validation.jsonl"), "data.dataset_root")
+        ctx.set("validation_dataset.path_or_dataset_id", _jsonl(root, "validation.jsonl"), *src, note=note)
+        if src == ("data._target_",):
+            ctx.note("pre-step", meta["prestep"].replace("{root}", root))
+            return Result(meta.get("status", "approximate"), meta["reason"])
+        if cls == "SquadDataModule":
+            return Result("exact", f"SquadDataModule(dataset_root={root!r}) reads training.jsonl and validation.jsonl there and downloads "
+                          "SQuAD only when training.jsonl is missing (squad.py:72, 87-91); ColumnMappedTextInstructionDataset reads the same files")
         if not posixpath.isabs(root):
             return Result("exact", f"relative dataset_root {root!r}: both resolve it against the directory the job is launched from")
         return None
-    if cls == "SFTFileDataModule":
+    if kind == "files":
         train = [str(x) for x in (ctx.v("data.train_files") or [])]
         val = [str(x) for x in (ctx.v("data.validation_files") or [])]
         if ctx.v("data.chat"):
@@ -888,7 +984,7 @@ def dataset_source(ctx: Ctx) -> Result | None:
         if len(train) > 1:
             return Result("exact", f"{len(train)} training files are read as one dataset in both (sampling ratios: DAT013)")
         return None
-    if cls == "SquadDataModule":
+    if kind == "squad":
         ctx.set("dataset._target_", SQUAD, "data._target_")
         ctx.set("dataset.dataset_name", "rajpurkar/squad", "data._target_")
         ctx.set("dataset.split", "train", "data._target_")
@@ -897,9 +993,23 @@ def dataset_source(ctx: Ctx) -> Result | None:
         ctx.set("validation_dataset.split", "validation", "data._target_")
         return Result("approximate", "SQuAD from the Hub: NeMo validates on 5% held out of the train split, Automodel on the validation split; "
                       "both prompt 'Context: ... Question: ... Answer: ' (Automodel applies a chat template when the tokenizer has one)")
-    if cls == "ChatDataModule":
+    if kind == "chat":
         root = str(ctx.v("data.dataset_root"))
         return _chat(ctx, [_jsonl(root, "training.jsonl")], [_jsonl(root, "validation.jsonl")], ("data._target_", "data.dataset_root"))
+    if kind == "megatron":
+        for sect, split in (("dataset", "train"), ("validation_dataset", "validation")):
+            ctx.set(f"{sect}._target_", MEGATRON, "data._target_")
+            ctx.set(f"{sect}.splits_to_build", split, "data._target_")
+        ctx.note("pre-step", "Automodel builds its Megatron dataset helpers from C++ source at the first run "
+                 "(components/datasets/llm/megatron/megatron_utils.py compile_helper): the container needs a C++ compiler and ninja")
+        return Result("approximate", "PreTrainingDataModule and Automodel's MegatronPretraining build the train and validation splits "
+                      "of the same Megatron .bin/.idx blend with the same algorithm: GPTDataset's document, sample and shuffle indices "
+                      "(_build_document_index, _build_shuffle_index, build_sample_idx) and the blending of BlendedMegatronDatasetBuilder "
+                      "are the same code in megatron-core 0.16.1 (NeMo 2.7.3) and Automodel 0.7.0's vendored copy "
+                      "(components/datasets/llm/megatron/), and both train on every token (measured on a two-prefix blend: identical "
+                      "input_ids, labels and loss masks for all 640 train and 240 validation samples); they differ in which labels "
+                      "are masked as padding when the tokenizer's pad id occurs inside the documents (megatron-core: every such "
+                      "label; Automodel: the trailing pad run only) and in the loss reduction (MOD007)")
     return Result("unsupported", f"data module {cls} has no mapping")
 
 
@@ -913,8 +1023,7 @@ def sampling_probabilities(ctx: Ctx) -> Result | None:
 
 
 def column_mapping(ctx: Ctx) -> Result | None:
-    data = ctx.node("data")
-    if data is None or data.cls not in ("FineTuningDataModule", "SFTFileDataModule") or ctx.v("data.chat"):
+    if not _files_mapped(ctx):
         return Result("dropped", "no column mapping for this data module")
     tmpl = ctx.v("data.dataset_kwargs.prompt_template", "{input} {output}")
     label = ctx.v("data.dataset_kwargs.label_key", "output")
@@ -956,8 +1065,13 @@ def seq_truncation(ctx: Ctx) -> Result | None:
     size = schema.value(specs, "packed_sequence_size", -1) if specs else -1
     if isinstance(size, int) and size > 0:
         seq = size
+    if _data_kind(ctx) == "megatron":
+        for sect in ("dataset", "validation_dataset"):
+            ctx.set(f"{sect}.seq_length", seq, "data.seq_length")
+        return Result("exact", f"samples of {seq} tokens cut from the concatenated documents of the blend in both "
+                      "(GPTDatasetConfig.sequence_length; no truncation)")
     for sect in ("dataset", "validation_dataset"):
-        if ctx.node("data").cls == "SquadDataModule":
+        if _data_kind(ctx) == "squad":
             ctx.set(f"{sect}.seq_length", seq, "data.seq_length")
             ctx.set(f"{sect}.truncation", True, "data.seq_length")
         else:
@@ -970,7 +1084,9 @@ def seq_truncation(ctx: Ctx) -> Result | None:
 
 
 def special_tokens(ctx: Ctx) -> Result | None:
-    if ctx.node("data") is None or ctx.node("data").cls == "SquadDataModule":
+    if ctx.node("data") is None or _data_kind(ctx) in ("squad", "megatron"):
+        if _data_kind(ctx) == "megatron":
+            return Result("exact", "pre-tokenized Megatron documents: the EOD tokens are in the .bin files (no tokenizer EOS/BOS added at load)")
         return Result("approximate", "SQuAD: Automodel's SQuAD builder appends EOS itself") if ctx.node("data") else None
     eos = ctx.v("data.dataset_kwargs.add_eos", True)
     bos = ctx.v("data.dataset_kwargs.add_bos", False)
@@ -996,12 +1112,18 @@ def padding(ctx: Ctx) -> Result | None:
 def seed(ctx: Ctx) -> Result | None:
     s = ctx.v("data.seed", 1234)
     ctx.set("seed", int(s), "data.seed")
+    if _data_kind(ctx) == "megatron":
+        for sect in ("dataset", "validation_dataset"):
+            ctx.set(f"{sect}.seed", int(s), "data.seed")
+        return Result("exact", f"data.seed={s} seeds the Megatron document and sample shuffles in both (GPTDatasetConfig.random_seed), "
+                      "so the samples come in the same order")
     return None
 
 
 def loader_workers(ctx: Ctx) -> Result | None:
     shuffle = ctx.v("data.shuffle", True) is not False
-    ctx.set("dataloader.shuffle", shuffle, "data.shuffle", note="NeMo's sample mapping is shuffled" if shuffle else None)
+    if _data_kind(ctx) != "megatron":  # a Megatron dataset is read in its own (seeded) order by a Megatron sampler (DAT016)
+        ctx.set("dataloader.shuffle", shuffle, "data.shuffle", note="NeMo's sample mapping is shuffled" if shuffle else None)
     for k in ("num_workers", "pin_memory", "persistent_workers"):
         v = ctx.v(f"data.{k}")
         if v is not None:
@@ -1025,6 +1147,83 @@ def packing(ctx: Ctx) -> Result | None:
     ctx.set("packed_sequence.packed_sequence_size", size, "data.packed_sequence_specs.packed_sequence_size")
     return Result("approximate", "NeMo packs offline into .npy files with its own bin-packing and weights each pack's token mean equally; "
                   "Automodel packs on the fly (THD) and averages over all tokens of the step")
+
+
+def nemo_download(ctx: Ctx) -> Result | None:
+    if not ctx.v("data.force_redownload") or _data_kind(ctx) != "sft":
+        return None
+    return Result("approximate", "force_redownload=True: NeMo downloads and re-splits the data into its JSONL files at every launch "
+                  "(Dolly also redraws its random context/instruction order); the migrated job reads the files the last NeMo run wrote")
+
+
+def _nemo_val_samples(ctx: Ctx) -> tuple[int | None, float | None]:
+    """PreTrainingDataModule.build's validation size (pre_training.py:284-327): (num_val_samples, None), or
+    (None, limit_val_batches) when a fraction <= 1.0 makes NeMo build the whole validation split."""
+    gbs, steps = ctx.v("data.global_batch_size"), ctx.v("trainer.max_steps")
+    vci = ctx.v("trainer.val_check_interval")
+    lvb = ctx.v("trainer.limit_val_batches")
+    vci, lvb = (1.0 if vci is None else vci), (1.0 if lvb is None else lvb)  # Lightning's values for None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (gbs, steps, vci, lvb)) or not vci or not gbs:
+        return None, None
+    if isinstance(lvb, float) and 0.0 < lvb <= 1.0:
+        return None, lvb
+    nts = ctx.v("data.num_train_samples")
+    try:
+        iters = int(nts / gbs) if isinstance(nts, int) and not isinstance(nts, bool) else steps
+        return int((iters // vci + 1) * lvb * gbs), None
+    except (ArithmeticError, ValueError):  # inf / nan from a hostile value: leave the size to Automodel
+        return None, None
+
+
+def megatron_dataset(ctx: Ctx) -> Result | None:
+    if _data_kind(ctx) != "megatron":
+        return Result("unsupported", "a PreTrainingDataModule setting on another data module")
+    raw = ctx.v("data.paths")
+    paths = raw if isinstance(raw, (list, dict)) else [raw]  # NeMo wraps a single path in a list (pre_training.py:201-202)
+    data = ctx.node("data")
+    for sect in ("dataset", "validation_dataset"):
+        ctx.set(f"{sect}.paths", paths, "data.paths")
+        for k in ("split", "index_mapping_dir", "num_dataset_builder_threads", "mmap_bin_files"):
+            kn = ctx.k(f"data.{k}") or schema.default_knob(data, k)
+            if kn is None or kn.value is None or (k == "split" and isinstance(paths, dict)):
+                continue
+            ctx.set(f"{sect}.{k}", kn.value, f"data.{k}", provs=[] if ctx.has(f"data.{k}") else [kn.prov])
+    if ctx.v("data.num_train_samples") is not None:
+        ctx.set("dataset.num_train_samples", ctx.v("data.num_train_samples"), "data.num_train_samples")
+    ctx.unset("validation_dataset.limit_dataset_samples")  # SCH004's ColumnMapped key: MegatronPretrainingConfig rejects it
+    nv, frac = _nemo_val_samples(ctx)
+    user_nv = ctx.v("data.num_val_samples")
+    why = ("data.num_val_samples", "trainer.max_steps", "trainer.val_check_interval", "trainer.limit_val_batches", "data.global_batch_size")
+    status = "exact"
+    if frac is not None:
+        ctx.set("validation_dataset.trainer_limit_val_batches", frac, "trainer.limit_val_batches",
+                note="a fraction: the whole validation split, as NeMo")
+        val = f"limit_val_batches={frac} builds the whole validation split in both"
+    elif user_nv is not None or nv is not None:
+        ctx.set("validation_dataset.num_val_samples", user_nv if user_nv is not None else nv, *why,
+                note=None if user_nv is not None else "NeMo: (max_steps // val_check_interval + 1) x limit_val_batches x GBS")
+        val = ("the validation size is NeMo's, written out because Automodel's formula lacks NeMo's + 1 round "
+               "(pre_training.py:295-296 vs megatron_dataset.py:302-306)")
+    else:
+        status = "approximate"
+        val = ("the validation size could not be computed from the trainer settings, so Automodel's own formula (without NeMo's "
+               "+ 1 validation round, megatron_dataset.py:302-306) sizes the validation split")
+    reason = ("the same blend (paths and weights through get_blend_from_list), split ratios, index cache and sample counts feed the "
+              "same Megatron builder: num_train_samples = max_steps x GBS in both (pre_training.py:284-293, megatron_dataset.py:281-295); "
+              f"{val}; the test split is never built")
+    if isinstance(raw, str):
+        reason += (f"; the single path {raw!r} is a dataset prefix in NeMo (wrapped in a list), so it is written as a one-element "
+                   "list: Automodel would read a lone string as a glob or a JSON blend file (megatron_dataset.py:217-223)")
+    return Result(status, reason)
+
+
+def megatron_sampler(ctx: Ctx) -> Result | None:
+    t = ctx.v("data.dataloader_type", "single")
+    if t in ("single", "cyclic"):
+        ctx.set("dataloader.dataloader_type", t, "data.dataloader_type")
+        return None
+    return Result("unsupported", f"dataloader_type={t!r}: Automodel 0.7's Megatron sampler is 'single' or 'cyclic' "
+                  "(recipes/_typed_config.py:268-281)")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints & logs
@@ -1285,4 +1484,116 @@ def test_ds(ctx: Ctx) -> Result | None:
 def chat_tokens(ctx: Ctx) -> Result | None:
     if ctx.v("data.chat"):
         return Result("approximate", "NeMo's chat prompt tokens are replaced by the tokenizer's chat template (see DAT001)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- NeMo 1.0 / Aligner: script, epochs, LR hold
+
+def nemo1_defaults_note(ctx: Ctx) -> Result | None:
+    node = ctx.node("nemo1")
+    if node is not None and node.prov.detail:
+        ctx.note("info", node.prov.detail)
+    return None
+
+
+def automodel_epoch_len(samples: int, gbs: int, lbs: int, dp: int) -> int:
+    """Optimizer steps per epoch in Automodel 0.7: StatefulDistributedSampler(drop_last=True) gives each DP rank
+    samples // dp, the loader makes ceil(. / local_batch) micro-batches, StepScheduler.epoch_len = ceil(. / grad_acc)."""
+    grad_acc = max(gbs // (lbs * dp), 1)
+    return math.ceil(math.ceil((samples // dp) / lbs) / grad_acc)
+
+
+def aligner_epochs(ctx: Ctx) -> Result | None:
+    """NeMo-Aligner's SupervisedTrainer: epochs always cap the run (SCH002's up-sampling is NeMo 2's and NeMo 1.0's)."""
+    from .sources.nemo1 import aligner_steps_per_epoch, count_samples
+
+    e = ctx.v("trainer.max_epochs", 1)
+    limit = ctx.v("nemo1.trainer.sft.limit_train_batches", 1.0)
+    if not isinstance(e, int) or isinstance(e, bool) or e < 1:
+        kn = ctx.k("trainer.max_epochs")
+        ctx.diags.error("NM249", f"trainer.sft.max_epochs={e!r}: NeMo-Aligner's SupervisedTrainer loops over range(max_epochs), so nothing "
+                        "would train", key="trainer.sft.max_epochs", hint="set a positive number of epochs", **(kn.prov.where() if kn else {}))
+        return Result("unsupported", f"max_epochs={e!r}")
+    ms = ctx.v("trainer.max_steps")
+    by_epochs = not isinstance(ctx.v("nemo1.trainer.sft.max_steps"), int) or ctx.v("nemo1.trainer.sft.max_steps") < 0
+    ctx.unset("step_scheduler.num_epochs")  # SCH002 follows max_steps, as NeMo 2 and NeMo 1.0 up-sample; Aligner does not
+    if ctx.v("nemo1.model.data.sample") and not by_epochs:
+        ctx.set("step_scheduler.num_epochs", None, "trainer.max_epochs", "nemo1.model.data.sample", note="follow max_steps")
+        return Result("approximate", "model.data.sample=True up-samples the training file to max_steps x GBS samples, so no epoch ends the run; "
+                      "Automodel iterates epochs of the file (num_epochs follows max_steps), each with a short last step")
+    ctx.set("step_scheduler.num_epochs", e, "trainer.max_epochs")
+    found: list[Result] = []
+    if ms is None and ctx.node("optim.lr_scheduler") is not None:  # epoch-driven, data not readable: the LR schedule's length is unknown
+        found.append(_aligner_unknown_schedule(ctx, e))
+    partial = not (limit is None or limit == 1 or (isinstance(limit, float) and limit > 1.0))
+    gbs, lbs = ctx.v("data.global_batch_size"), ctx.v("data.micro_batch_size")
+    n = count_samples([str(f) for f in ctx.v("data.train_files") or []], Path(ctx.job.data_dir) if ctx.job.data_dir else None)
+    if partial and e > 1:
+        found.append(Result("unsupported", f"limit_train_batches={limit}: NeMo-Aligner trains only part of each epoch; Automodel has no per-epoch limit"))
+    elif n is not None and isinstance(gbs, int) and isinstance(lbs, int) and gbs > 0 and lbs > 0:
+        per, am = aligner_steps_per_epoch(n, gbs, limit), automodel_epoch_len(n, gbs, lbs, ctx.dp)
+        if per == am:
+            found.append(Result("exact", f"{n} samples, GBS {gbs}: {per} steps per epoch in both"))
+        else:
+            found.append(Result("approximate", f"{n} samples, GBS {gbs}: NeMo-Aligner runs {per} full steps per epoch and drops {n - per * gbs} "
+                                f"samples (reshuffled each epoch); Automodel runs {am} steps per epoch, the last one short" +
+                                ("; step_scheduler.max_steps keeps NeMo's step count" if isinstance(ms, int) else "")))
+    if not found:
+        return None
+    rank = {"unsupported": 0, "approximate": 1, "exact": 2}
+    worst = min(found, key=lambda r: rank[r.status or "approximate"])
+    shown = [r.reason or "" for r in found if r.status != "exact" or worst.status == "exact"]  # an exact part is not news next to a finding
+    return Result(worst.status, "; ".join(shown))
+
+
+def _aligner_unknown_schedule(ctx: Ctx, epochs: int) -> Result:
+    """Epoch-driven Aligner run without its data: NeMo sizes the scheduler from len(train dataloader) x max_epochs.  The
+    decay is left to Automodel's total steps (lr_decay_steps unset), and the row says what NeMo does instead."""
+    w = int(ctx.v("optim.lr_scheduler.warmup_steps", 0) or 0)
+    c = int(ctx.v("optim.lr_scheduler.constant_steps", 0) or 0)
+    gbs = ctx.v("data.global_batch_size")
+    ctx.unset("lr_scheduler.lr_decay_steps")
+    t = f"T = {epochs} x (samples // {gbs})"
+    if c <= 0:
+        return Result("approximate", f"the cosine decays over NeMo's {t} steps and over Automodel's total steps (lr_decay_steps unset): the same "
+                      "when the sample count is a multiple of GBS")
+    if w > 0:
+        ctx.unset("lr_scheduler.init_lr")
+        ctx.set("lr_scheduler.init_lr", 0.0, "optim.lr_scheduler.constant_steps", "optim.lr_scheduler.warmup_steps",
+                note="constant_steps > 0: NeMo warms up linearly from 0")
+    return Result("unsupported", f"max_steps -1 with constant_steps={c}: NeMo's LR decays until {t} minus {c} and then holds min_lr (min_lr "
+                  f"right after the {w} warm-up steps when T <= {w + c}); the training file is not readable here, so lr_decay_steps is left "
+                  f"to Automodel's total steps: set lr_scheduler.lr_decay_steps = max(T - {c}, {w + 1}), or convert where the file exists")
+
+
+def nemo_cosine_hold(lr: float, warmup: int, constant: int, max_steps: int, min_lr: float) -> tuple[dict[str, Any], str]:
+    """Automodel OptimizerParamScheduler settings for NeMo's CosineAnnealing with constant_steps > 0 (the same LR at every
+    optimizer step s, 0-based).  NeMo (nemo/core/optim/lr_scheduler.py, WarmupAnnealHoldPolicy.get_lr with
+    _linear_warmup_with_cosine_annealing): s <= W: lr*s/W; W < s <= W+D: min + (lr-min)*(1+cos(pi*(s-W)/D))/2 with
+    D = max_steps - C - W; afterwards min_lr.  Raises ValueError where NeMo itself fails."""
+    w, c, m = warmup, constant, max_steps
+    d = m - c - w
+    if lr <= min_lr:
+        raise ValueError(f"lr {lr} <= min_lr {min_lr}: NeMo's CosineAnnealing with constant_steps asserts max_lr > min_lr at the first step")
+    if w == 0 and d == 0:
+        raise ValueError(f"warmup_steps=0 and max_steps {m} == constant_steps {c}: NeMo's CosineAnnealing divides by zero at the first step")
+    if w == 0 and d < 0:
+        return ({"lr_decay_style": "constant", "lr_warmup_steps": 0, "init_lr": min_lr, "max_lr": min_lr, "min_lr": min_lr, "lr_decay_steps": 1},
+                f"max_steps {m} < constant_steps {c} without warmup: NeMo holds min_lr {min_lr} from the first step (constant LR min_lr)")
+    vals: dict[str, Any] = {"lr_decay_style": "cosine", "lr_warmup_steps": w, "min_lr": min_lr, "lr_decay_steps": max(m - c, w + 1)}
+    if w > 0:
+        vals["init_lr"] = 0.0
+    if d <= 0:
+        return vals, (f"max_steps {m} <= warmup {w} + constant_steps {c}: NeMo warms up linearly from 0 (lr*s/{w}) and holds min_lr from "
+                      f"step {w + 1} on (lr_decay_steps {w + 1})")
+    return vals, (f"NeMo warms up linearly from 0 (lr*s/{w}), decays by cosine to min_lr at step {m - c} and holds it for the last {c} steps "
+                  f"(lr_decay_steps {m - c})")
+
+
+def nemo1_batch_mirror(ctx: Ctx) -> Result | None:
+    for p in _mine(ctx):
+        key = p.rsplit(".", 1)[1]
+        v, trained = ctx.v(p), ctx.v(f"data.{key}")
+        if v != trained:
+            return Result("dropped", f"model.{key}={v} is overwritten by model.data.train_ds.{key}={trained}, which is what trains (BAT001/BAT002)")
     return None

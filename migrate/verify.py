@@ -93,7 +93,8 @@ def nemo_lr(step: int, *, lr: float, warmup: int, max_steps: int, min_lr: float,
     Warmup ``lr*(s+1)/(W+1)`` for ``s <= W``; then cosine from lr to min_lr over ``max_steps - W`` steps (the
     Megatron-style hold variant when constant_steps > 0); ``min_lr`` after ``max_steps``."""
     if warmup > 0 and step <= warmup:
-        return lr * (step + 1) / (warmup + 1)
+        # with constant_steps > 0 NeMo's _linear_warmup_with_cosine_annealing starts from 0: lr * s / W
+        return lr * step / warmup if constant_steps > 0 else lr * (step + 1) / (warmup + 1)
     if step > max_steps:
         return min_lr
     if constant_steps > 0:  # WarmupHoldPolicy / CosineAnnealing with hold: decay over max - W - C, then hold at min
