@@ -1,0 +1,21 @@
+python examples/nlp/gpt/train_gpt_sft.py \
+   model.megatron_amp_O2=True \
+   model.restore_from_path=/models/mistral/mistral-7b.nemo \
+   model.data.num_workers=0 \
+   model.data.train_ds.micro_batch_size=1 \
+   model.data.train_ds.global_batch_size=128 \
+   model.data.train_ds.file_path=/path/to/cai_revisions_aligner_chat_template.jsonl \
+   model.data.train_ds.max_seq_length=4096 \
+   model.data.validation_ds.micro_batch_size=1 \
+   model.data.validation_ds.global_batch_size=128 \
+   model.data.validation_ds.file_path=/path/to/cai_revisions_aligner_chat_template.jsonl \
+   model.data.chat=True \
+   model.data.chat_prompt_tokens.system_turn_start="'<extra_id_0>'" \
+   model.data.chat_prompt_tokens.turn_start="'<extra_id_1>'" \
+   model.data.chat_prompt_tokens.label_start="'<extra_id_2>'" \
+   exp_manager.explicit_log_dir=/path/to/sft_log_dir \
+   model.optim.lr=1e-6 \
+   model.answer_only_loss=True \
+   trainer.sft.limit_val_batches=40 \
+   trainer.sft.val_check_interval=50 \
+   trainer.sft.save_interval=50
