@@ -81,7 +81,8 @@ for _r in ("delayed", "tensorwise", "mxfp8", "blockwise"):
 
 WAY_OUT = ("export the job NeMo-Run builds and convert that file: add `--to-yaml job.yaml` to the NeMo-Run command line "
            "(`python {file} --factory ... --to-yaml job.yaml`, or `nemo llm finetune --factory <recipe> ... --to-yaml job.yaml`), "
-           "or set the value with `nemo-migrate convert ... --set key=value`")
+           "or set the value with `nemo-migrate convert ... --set key=value` (NeMo-Run 0.11 cannot export an Enum or a Path value: "
+           "write it as its string first, e.g. 'log_all' for StrictHandling.LOG_ALL)")
 WAY_OUT_SCRIPT = ("export the job the script launches and convert that file: just before `run.run(job, ...)` add "
                   "`from nemo_run.cli.config import ConfigSerializer; ConfigSerializer().dump(job, \"job.yaml\")`, run it once, "
                   "then `nemo-migrate convert job.yaml`; or set the value with `nemo-migrate convert ... --set key=value`")
