@@ -27,6 +27,13 @@ class RunOptions:
     out: Path | None = None
     merge: bool = False
     stop_after: int | None = None  # stop after N optimizer steps without changing max_steps or the LR schedule
+    # what to do with a checkpoint in checkpoint.checkpoint_dir: "auto" resumes it when the training settings are
+    # those it was saved with (else refuses, listing what changed); "changed" resumes it and trains on with the new
+    # settings; "never" starts fresh (into a new checkpoint directory when the configured one holds checkpoints)
+    resume: str = "auto"
+
+
+RESUME_MODES = ("auto", "changed", "never")
 
 
 def _err(msg: str) -> None:
@@ -45,12 +52,16 @@ def prepare(opts: RunOptions):
 
     if opts.nproc_per_node < 1:
         raise RunError("--nproc-per-node must be >= 1", found=opts.nproc_per_node)
+    if opts.resume not in RESUME_MODES:
+        raise RunError("unknown resume mode", key="--resume", expected=", ".join(RESUME_MODES), found=opts.resume)
     if opts.model_path is not None and opts.proxy_model:
         raise RunError("--model-path and --proxy-model are exclusive", key="--proxy-model",
                        hint="--model-path loads real weights; --proxy-model builds random ones")
-    cfg = effective_config(opts.config, opts.overrides, opts.max_steps)
-    spec = resolve(cfg, opts, file=str(opts.config))
+    lines: dict[str, str] = {}
+    cfg = effective_config(opts.config, opts.overrides, opts.max_steps, lines=lines)
+    spec = resolve(cfg, opts, file=str(opts.config), lines=lines)
     run_dir = Path(opts.out) if opts.out is not None else Path("runs") / Path(opts.config).stem
+    _check_run_dir(run_dir, given=opts.out is not None)
 
     # Read the text data now (missing columns, empty files and bad JSON fail before anything starts).
     from .data import mapped_texts, read_records
@@ -77,7 +88,7 @@ def prepare(opts: RunOptions):
     tok_path, tok_note = spec.tokenizer.path, None
     needs_tok = spec.train.kind != "mock" or any(v.kind != "mock" for v in spec.validation.values())
     if tok_path is None and needs_tok:
-        ckpt_tok = _checkpoint_tokenizer(spec)
+        ckpt_tok = _checkpoint_tokenizer(spec, opts.resume)
         if ckpt_tok is not None:
             tok_path, tok_note = str(ckpt_tok), f"tokenizer: the one saved with the checkpoint being resumed ({ckpt_tok})"
         else:
@@ -93,9 +104,27 @@ def prepare(opts: RunOptions):
     return spec, cfg, run_dir, tok_path, tok_note
 
 
-def _checkpoint_tokenizer(spec) -> Path | None:
+def _check_run_dir(run_dir: Path, *, given: bool) -> None:
+    """RUN_DIR must be a directory this process can write (made now, so a bad --out fails before anything runs)."""
+    from .errors import RunError
+
+    key = "--out" if given else "run directory (default runs/<config name>; --out sets it)"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError("is not a directory", key=key, found=str(run_dir),
+                       hint="--out must name a directory (it receives metrics.jsonl, loss.png, ...)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot write there ({getattr(e, 'strerror', None) or e})", key=key, found=str(run_dir),
+                       hint="--out /a/writable/dir") from None
+
+
+def _checkpoint_tokenizer(spec, resume: str = "auto") -> Path | None:
     """When auto-resuming, reuse the tokenizer saved in the checkpoint (a locally trained one must not change)."""
-    if not spec.ckpt.enabled:
+    if not spec.ckpt.enabled or resume == "never":
         return None
     from .spec import has_tokenizer_files
 
@@ -105,7 +134,10 @@ def _checkpoint_tokenizer(spec) -> Path | None:
     if spec.ckpt.restore_from and spec.ckpt.restore_from != "LATEST":
         cand = root / spec.ckpt.restore_from if (root / spec.ckpt.restore_from).exists() else Path(spec.ckpt.restore_from)
     elif latest.exists():
-        cand = latest.resolve()
+        try:
+            cand = latest.resolve()
+        except (OSError, RuntimeError):  # a LATEST symlink loop: reported when the checkpoint is looked up
+            return None
     if cand is not None and has_tokenizer_files(cand / "model"):
         return cand / "model"
     return None
@@ -125,6 +157,11 @@ def run_main(opts: RunOptions) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # e.g. the disk filled up while the local tokenizer was written
+        from .errors import io_error_message
+
+        _err(io_error_message(e))
+        return 1
     except Exception as e:  # noqa: BLE001
         if os.environ.get("NEMO_MIGRATE_DEBUG"):
             raise
@@ -136,16 +173,17 @@ def run_main(opts: RunOptions) -> int:
     if opts.nproc_per_node == 1:
         from .trainer import run_training
 
-        return run_training(spec, run_dir=run_dir, raw_cfg=cfg, merge=opts.merge, stop_after=opts.stop_after, tokenizer_path=tok_path,
-                            tokenizer_note=tok_note)
+        return run_training(spec, run_dir=run_dir, raw_cfg=cfg, merge=opts.merge, stop_after=opts.stop_after,
+                            tokenizer_path=tok_path, tokenizer_note=tok_note, resume=opts.resume)
     return launch_torchrun(spec, cfg, run_dir, opts, tok_path, tok_note)
 
 
 def launch_torchrun(spec, cfg, run_dir: Path, opts: RunOptions, tok_path, tok_note) -> int:
     launch_dir = run_dir / ".launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"spec": spec.to_dict(), "cfg": cfg, "run_dir": str(run_dir), "merge": opts.merge, "stop_after": opts.stop_after,
-               "tokenizer_path": tok_path, "tokenizer_note": tok_note}
+    payload = {"spec": spec.to_dict(), "cfg": cfg, "run_dir": str(run_dir), "merge": opts.merge,
+               "stop_after": opts.stop_after, "tokenizer_path": tok_path, "tokenizer_note": tok_note,
+               "resume": opts.resume}
     lf = launch_dir / "launch.json"
     lf.write_text(json.dumps(payload, indent=1, default=str))
     env = dict(os.environ)

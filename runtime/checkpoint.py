@@ -153,7 +153,8 @@ def save_adapter(out: Path, tensors: dict[str, torch.Tensor], adapter_cfg: dict[
 # Manifest, discovery, verification
 # ----------------------------------------------------------------------------------------------------------------
 
-def write_manifest(path: Path, *, epoch: int, step: int, signature: dict[str, Any]) -> None:
+def write_manifest(path: Path, *, epoch: int, step: int, signature: dict[str, Any],
+                   training: dict[str, Any] | None = None) -> None:
     files = {}
     for f in sorted(path.rglob("*")):
         if f.is_file() and f.name != MANIFEST:
@@ -162,6 +163,8 @@ def write_manifest(path: Path, *, epoch: int, step: int, signature: dict[str, An
             files[rel] = {"size": size, "sha256": _sha256(f) if size <= _HASH_LIMIT else None}
     doc = {"format": FORMAT, "epoch": epoch, "step": step, "signature": signature, "files": files,
            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if training is not None:
+        doc["training"] = training  # the settings it was trained with (runtime/resume.py)
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
     os.replace(tmp, path / MANIFEST)
@@ -178,14 +181,23 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError("checkpoint is incomplete: it has no completion manifest (an interrupted save, or not "
                               "written by this runtime)", key="checkpoint", found=str(path), hint=hint)
     try:
-        doc = json.loads(m.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        doc = json.loads(m.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint manifest is unreadable ({e})", key="checkpoint", found=str(m),
                               hint=hint) from None
-    if doc.get("format") != FORMAT:
-        raise CheckpointError("unknown checkpoint manifest format", key="checkpoint", found=doc.get("format"),
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError("unknown checkpoint manifest format", key="checkpoint",
+                              found=doc.get("format") if isinstance(doc, dict) else type(doc).__name__,
                               expected=FORMAT, hint=hint)
-    for rel, meta in doc.get("files", {}).items():
+    files = doc.get("files")
+    ok = isinstance(files, dict) and isinstance(doc.get("step"), int) and isinstance(doc.get("epoch"), int) and all(
+        isinstance(meta, dict) and isinstance(meta.get("size"), int)
+        and isinstance(meta.get("sha256"), (str, type(None))) and ".." not in Path(rel).parts and not Path(rel).is_absolute()
+        for rel, meta in files.items())
+    if not ok or not isinstance(doc.get("signature", {}), dict) or not isinstance(doc.get("training", {}), dict):
+        raise CheckpointError("checkpoint manifest is malformed (files, step, epoch, signature)", key="checkpoint",
+                              found=str(m), hint=hint)
+    for rel, meta in files.items():
         f = path / rel
         if not f.is_file():
             raise CheckpointError(f"checkpoint is missing {rel}", key="checkpoint", found=str(path), hint=hint)
@@ -217,16 +229,16 @@ def find_resume(root: Path, restore_from: str | None) -> tuple[Path | None, list
     latest = root / "LATEST"
     if restore_from:
         if restore_from == "LATEST":
-            if not latest.exists():
+            if not latest.exists() and not latest.is_symlink():
                 notes.append(f"checkpoint.restore_from=LATEST but {root} has no LATEST; starting fresh.")
                 return None, notes, None
-            target = latest.resolve()
+            target = _resolve_latest(latest)
         else:
             cand = root / restore_from
             target = cand if cand.exists() else Path(restore_from)
         return target, notes, verify(target)
     if latest.is_symlink() or latest.exists():
-        target = latest.resolve()
+        target = _resolve_latest(latest)
         if not target.is_dir():
             raise CheckpointError("LATEST points at a checkpoint that does not exist", key="checkpoint",
                                   found=os.readlink(latest) if latest.is_symlink() else str(latest),
@@ -243,6 +255,51 @@ def find_resume(root: Path, restore_from: str | None) -> tuple[Path | None, list
     return dirs[-1], notes, verify(dirs[-1])
 
 
+def _resolve_latest(latest: Path) -> Path:
+    try:
+        return latest.resolve(strict=False)
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise CheckpointError(f"LATEST cannot be followed ({e})", key="checkpoint", found=str(latest),
+                              hint=f"remove {latest} or point checkpoint.restore_from at a checkpoint") from None
+
+
+def has_checkpoints(root: Path) -> bool:
+    latest = root / "LATEST"
+    return latest.is_symlink() or latest.exists() or bool(list_step_dirs(root))
+
+
+def fresh_dir(root: Path) -> Path:
+    """``root`` itself when it holds no checkpoint, else the first ``<root>-runN`` (N = 2, 3, ...) that is empty."""
+    if not has_checkpoints(root):
+        return root
+    n = 2
+    while True:
+        cand = root.with_name(f"{root.name}-run{n}")
+        if not cand.exists() or (cand.is_dir() and not any(cand.iterdir())):
+            return cand
+        n += 1
+
+
+def save_small(obj: Any, path: Path) -> None:
+    """``torch.save`` of a small state (RNG, data position, schedulers) through Python's file I/O, so that a full
+    disk is an OSError naming the file (torch's own writer only says "file write failed"). Same bytes."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.write_bytes(buf.getvalue())
+
+
+def agree(message: str | None) -> str | None:
+    """Every rank learns whether any rank failed (the first failure's message), so no rank is left waiting in a
+    collective after another gave up. One all_gather_object; a no-op on one process."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return message
+    box: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(box, message)
+    return next((m for m in box if m), None)
+
+
 def publish_latest(root: Path, path: Path) -> None:
     tmp = root / f".LATEST.tmp.{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
@@ -254,7 +311,10 @@ def publish_latest(root: Path, path: Path) -> None:
 def apply_retention(root: Path, keep: int | None) -> list[str]:
     if not keep:
         return []
-    latest = (root / "LATEST").resolve() if (root / "LATEST").exists() else None
+    try:
+        latest = (root / "LATEST").resolve() if (root / "LATEST").exists() else None
+    except (OSError, RuntimeError):
+        latest = None
     complete = [p for p in list_step_dirs(root) if (p / MANIFEST).is_file()]
     removed = []
     for p in complete[:-keep] if len(complete) > keep else []:
@@ -290,12 +350,15 @@ def save_optimizer(optimizer, model, path: Path) -> None:
     dcp.save({"optim": sd}, checkpoint_id=str(path))
 
 
-def load_optimizer(optimizer, model, path: Path) -> None:
+def load_optimizer(optimizer, model, path: Path, *, partial: bool = False) -> None:
+    """DCP optimizer state into ``optimizer``. ``partial`` (--resume changed): entries the checkpoint lacks (the
+    lr_mult/wd_mult an lr_scheduler added since) keep this run's values instead of failing the load."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     sd = {"optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(sd, checkpoint_id=str(path))
+    dcp.load(sd, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=partial))
     set_optimizer_state_dict(model, optimizer, sd["optim"])
 
 

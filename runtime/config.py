@@ -1,6 +1,7 @@
 """Load an Automodel 0.7 YAML the way ``nemo_automodel.components.config`` does, without importing torch.
 
-* ``yaml.safe_load`` (YAML 1.1, so ``1e-8`` is a string until ``translate_value``), then every string scalar goes
+* ``yaml.safe_load``'s values, read by ``safe_yaml.load`` (bounded size, aliases and depth; tags refused; every key's
+  line kept for messages) (YAML 1.1, so ``1e-8`` is a string until ``translate_value``), then every string scalar goes
   through env interpolation (``${VAR}``, ``${VAR,default}``, ``$VAR``, ``${oc.env:VAR[,default]}``) and
   ``translate_value`` (none/None -> None, true/false -> bool, else ``ast.literal_eval``, else the raw string).
   ``_target_`` and ``*_fn`` strings are kept verbatim (Automodel resolves them to Python objects; the runtime maps
@@ -82,27 +83,45 @@ def _wrap(key: str, v: Any, *, file: str | None, path: str) -> Any:
     return translate_value(v)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config into plain dicts/lists with Automodel's scalar rules applied."""
-    import yaml
+def read_config_bytes(p: Path) -> bytes:
+    """The bytes of a config file; a FIFO, device, directory or missing file is refused without reading it."""
+    from .safe_yaml import MAX_BYTES
+
+    if not p.exists():
+        raise RunError("config file not found", file=str(p), hint="pass the YAML that `nemo-migrate convert` wrote")
+    if not p.is_file():
+        raise RunError("the config is not a regular file (a directory, FIFO or device)", file=str(p),
+                       hint="pass the YAML file itself")
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise RunError(f"cannot read the config ({e.strerror or e})", file=str(p)) from None
+    return data
+
+
+def load_yaml(path: str | Path, lines: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read a YAML config into plain dicts/lists with Automodel's scalar rules applied (``yaml.safe_load``'s values,
+    through the bounded loader of ``safe_yaml``). ``lines``, when given, receives ``{dotted key: "file:line"}``."""
+    from .safe_yaml import YamlError, load
 
     p = Path(path)
-    if not p.is_file():
-        raise RunError("config file not found", file=str(p), hint="pass the YAML that `nemo-migrate convert` wrote")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise RunError(f"not valid YAML{where}: {getattr(e, 'problem', None) or e}", file=str(p)) from None
+        raw, where = load(read_config_bytes(p))
+    except YamlError as e:
+        loc = f"{p}:{e.line}" if e.line else str(p)
+        raise RunError(e.message, file=loc, hint=e.hint) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise RunError("the top level of the config must be a mapping", file=str(p), found=type(raw).__name__)
+    if lines is not None:
+        lines.update({k: f"{p}:{n}" for k, n in where.items()})
     return _wrap("", raw, file=str(p), path="")
 
 
-def apply_override(cfg: dict[str, Any], item: str, *, file: str | None = None) -> None:
+def apply_override(cfg: dict[str, Any], item: str, *, file: str | None = None,
+                   lines: dict[str, str] | None = None) -> None:
     """Apply one ``section.key=value`` override in place (Automodel's ``set_by_dotted`` + ``translate_value``)."""
     if "=" not in item:
         raise RunError("a --set override must look like section.key=value", key=item, found=item,
@@ -118,18 +137,26 @@ def apply_override(cfg: dict[str, Any], item: str, *, file: str | None = None) -
             node[p] = {}
         node = node[p]
     node[parts[-1]] = _wrap(parts[-1], translate_value(value), file=file, path=dotted)
+    if lines is not None:  # the value now comes from the command line
+        for k in [k for k in lines if k == dotted or k.startswith((dotted + ".", dotted + "["))]:
+            del lines[k]
+        lines[dotted] = f"--set {item}"
 
 
 def effective_config(path: str | Path, overrides: list[str] | None = None,
-                     max_steps: int | None = None) -> dict[str, Any]:
-    cfg = load_yaml(path)
+                     max_steps: int | None = None, lines: dict[str, str] | None = None) -> dict[str, Any]:
+    """The config with ``--set`` overrides and ``--max-steps`` applied; ``lines`` (optional) receives where each
+    key was written (``file:line`` or ``--set ...``)."""
+    cfg = load_yaml(path, lines)
     for item in overrides or []:
-        apply_override(cfg, item, file="--set")
+        apply_override(cfg, item, file="--set", lines=lines)
     if max_steps is not None:
         cfg.setdefault("step_scheduler", {})
         if not isinstance(cfg["step_scheduler"], dict):
             cfg["step_scheduler"] = {}
         cfg["step_scheduler"]["max_steps"] = int(max_steps)
+        if lines is not None:
+            lines["step_scheduler.max_steps"] = f"--max-steps {int(max_steps)}"
     return cfg
 
 

@@ -24,21 +24,42 @@ PAD_KEY = "___PAD_TOKEN_IDS___"
 # Reading records
 # ----------------------------------------------------------------------------------------------------------------
 
+def read_text(path: Path, *, key: str) -> str:
+    """A data file's text (UTF-8, as 0.7's JSON loaders read it); a read error or another encoding is a message
+    naming the file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RunError(f"cannot read data file ({e.strerror or e})", key=key, found=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RunError(f"line {line} is not UTF-8 text (byte 0x{data[e.start]:02x})", file=str(path), key=key,
+                       hint="0.7 reads JSON data as UTF-8: convert the file, e.g. "
+                            "iconv -f latin1 -t utf-8 IN > OUT") from None
+
+
+def _json(text: str):
+    """``json.loads`` whose every failure is a ValueError (too deep nesting, a number beyond 4300 digits too)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def read_records(paths: str | list[str], *, key: str) -> list[dict[str, Any]]:
     """Rows of local JSON/JSONL files, as ``load_dataset('json', data_files=...)`` reads them."""
     rows: list[dict[str, Any]] = []
     for p in [paths] if isinstance(paths, str) else paths:
         path = Path(p)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise RunError(f"cannot read data file ({e.strerror or e})", key=key, found=str(path)) from None
+        text = read_text(path, key=key)
         stripped = text.lstrip()
         parsed = None
         if stripped.startswith("["):
             try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError:
+                parsed = _json(text)
+            except ValueError:
                 parsed = None
         if isinstance(parsed, list):
             rows.extend(parsed)
@@ -47,9 +68,9 @@ def read_records(paths: str | list[str], *, key: str) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise RunError(f"line {n} is not valid JSON ({e.msg})", file=str(path), key=key,
+                rows.append(_json(line))
+            except ValueError as e:
+                raise RunError(f"line {n} is not valid JSON ({getattr(e, 'msg', e)})", file=str(path), key=key,
                                hint="each line of a .jsonl file must be one JSON object") from None
         if any(not isinstance(r, dict) for r in rows):
             raise RunError("every record must be a JSON object", file=str(path), key=key)
@@ -223,11 +244,11 @@ def resolve_chat_template(value: str | None) -> str | None:
     if "{%" in value or "{{" in value:
         return value
     p = Path(value)
-    if p.exists():
-        text = p.read_text(encoding="utf-8")
+    if p.is_file():
+        text = read_text(p, key="chat_template")
         try:
-            return json.loads(text)["chat_template"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            return _json(text)["chat_template"]
+        except (ValueError, KeyError, TypeError):
             return text
     return value
 
@@ -574,8 +595,8 @@ def row_messages(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict] 
     tools = row.get("tools")
     if isinstance(tools, str):
         try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError as e:
+            tools = _json(tools)
+        except ValueError as e:
             raise ValueError(f"`tools` is a string but not valid JSON: {e}") from None
     if tools is not None and not isinstance(tools, list):
         raise ValueError(f"`tools` must be a list or JSON-encoded list, got {type(tools).__name__}")
@@ -603,27 +624,25 @@ def read_chat_rows(paths: str | list[str], *, key: str, skip_invalid: bool = Fal
     skipped = 0
     for p in [paths] if isinstance(paths, str) else paths:
         path = Path(p)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise RunError(f"cannot read data file ({e.strerror or e})", key=key, found=str(path)) from None
+        text = read_text(path, key=key)
         if path.suffix.lower() in (".jsonl", ".ndjson"):
             for n, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
-                    rows.append(ChatRow(json.loads(line.strip()), str(path), n))
-                except json.JSONDecodeError as e:
+                    rows.append(ChatRow(_json(line.strip()), str(path), n))
+                except ValueError as e:
                     if not skip_invalid:
-                        raise RunError(f"line {n} is not valid JSON ({e.msg})", file=str(path), key=key,
+                        raise RunError(f"line {n} is not valid JSON ({getattr(e, 'msg', e)})", file=str(path), key=key,
                                        hint="fix the line, or set skip_invalid_samples: true to skip bad lines "
                                             "(0.7)") from None
                     skipped += 1
         else:
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise RunError(f"not valid JSON ({e.msg} at line {e.lineno})", file=str(path), key=key,
+                obj = _json(text)
+            except ValueError as e:
+                raise RunError(f"not valid JSON ({getattr(e, 'msg', e)} at line {getattr(e, 'lineno', '?')})",
+                               file=str(path), key=key,
                                hint="0.7 reads files not named .jsonl/.ndjson as one JSON document (a list of "
                                     "rows); name a one-row-per-line file .jsonl") from None
             if isinstance(obj, list):
@@ -907,22 +926,20 @@ class PretokenizedDataset:
     `run --verify` tokenized as NeMo's GPTSFTDataset does."""
 
     def __init__(self, path: str, tok, *, key: str):
-        import json
-
         self.pad_token_id, self.eos_token_id = pad_and_eos_ids(tok) if tok is not None else (0, 0)
         self.samples: list[dict[str, Any]] = []
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    ids, labels = list(row["input_ids"]), list(row["labels"])
-                except (ValueError, KeyError, TypeError) as e:
-                    raise RunError(f"{path}:{n}: not a pretokenized row ({e})", key=f"{key}.path_or_dataset_id") from None
-                if len(ids) != len(labels):
-                    raise RunError(f"{path}:{n}: input_ids and labels differ in length", key=f"{key}.path_or_dataset_id")
-                self.samples.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
+        text = read_text(Path(path), key=f"{key}.path_or_dataset_id")
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = _json(line)
+                ids, labels = list(row["input_ids"]), list(row["labels"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise RunError(f"{path}:{n}: not a pretokenized row ({e})", key=f"{key}.path_or_dataset_id") from None
+            if len(ids) != len(labels):
+                raise RunError(f"{path}:{n}: input_ids and labels differ in length", key=f"{key}.path_or_dataset_id")
+            self.samples.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
         self.valid = [any(x != -100 for x in s["labels"]) for s in self.samples]
         if not any(self.valid):
             raise RunError("every pretokenized sample has all labels masked", key=key)

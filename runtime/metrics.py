@@ -18,11 +18,21 @@ class MetricsWriter:
         self.f = path.open("a" if append else "w", encoding="utf-8")
 
     def write(self, rec: dict[str, Any]) -> None:
-        self.f.write(json.dumps(rec, sort_keys=False) + "\n")
-        self.f.flush()
+        try:
+            self.f.write(json.dumps(rec, sort_keys=False) + "\n")
+            self.f.flush()
+        except OSError as e:  # a full disk / file-size limit: name the file in the message
+            self.broken = True
+            if e.filename is None:
+                e.filename = str(self.path)
+            raise
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:
+            if not getattr(self, "broken", False):
+                raise
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -33,10 +33,26 @@ _SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_att
                "head_dim", "max_position_embeddings", "vocab_size", "tie_word_embeddings", "rope_theta")
 
 
+def _read_json(path: Path, *, key: str) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise RunError(f"{path} is not a readable JSON file ({_first_line(e)})", key=key,
+                       hint="the file is damaged; restore it (download or export the model again)") from None
+    if not isinstance(d, dict):
+        raise RunError(f"{path} does not hold a JSON object", key=key, found=type(d).__name__)
+    return d
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text[:300]
+
+
 def detect_family(name: str | None, path: str | None = None) -> str:
     if path and (Path(path) / "config.json").is_file():
-        mt = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-        if mt:
+        mt = _read_json(Path(path) / "config.json", key="model.pretrained_model_name_or_path").get("model_type")
+        if isinstance(mt, str) and mt:
             return mt
     low = (name or "").lower()
     for rx, fam in _FAMILIES:
@@ -49,7 +65,7 @@ def proxy_config_dict(proxy: str, family: str, *, tokenizer_vocab: int | None) -
     """(HF config kwargs incl. model_type, description) for ``--proxy-model``."""
     p = Path(proxy)
     if p.suffix == ".json" and p.is_file() or (p / "config.json").is_file():
-        d = json.loads((p if p.suffix == ".json" else p / "config.json").read_text())
+        d = _read_json(p if p.suffix == ".json" else p / "config.json", key="--proxy-model")
         return d, f"config {p}"
     low = proxy.lower()
     fam, size = family, low
@@ -83,7 +99,7 @@ def hf_config(d: dict[str, Any], attn: str):
         d.pop(k, None)
     try:
         cfg = AutoConfig.for_model(mt, **d)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise RunError(f"transformers has no model family {mt!r} ({e})", key="--proxy-model") from None
     cfg._attn_implementation = attn
     cfg.use_cache = False
@@ -137,18 +153,23 @@ def build_model(mspec, *, tokenizer_vocab: int | None, device,
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if mspec.source == "pretrained":
-        cfg = AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code, local_files_only=True)
+        cfg = _load(lambda: AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code,
+                                                       local_files_only=True), mspec.path, "config.json")
         dtype = resolve_dtype(mspec.dtype, cfg)
         _check_vocab(getattr(cfg, "vocab_size", None), tokenizer_vocab, f"the model at {mspec.path} has a vocabulary of",
                      key="model.pretrained_model_name_or_path",
                      hint="use the model's own tokenizer (dataset.tokenizer.pretrained_model_name_or_path)")
-        model = AutoModelForCausalLM.from_pretrained(
+        check_weight_files(mspec.path)
+        model = _load(lambda: AutoModelForCausalLM.from_pretrained(
             mspec.path, dtype=dtype, attn_implementation=mspec.attn_implementation, local_files_only=True,
-            trust_remote_code=mspec.trust_remote_code, device_map={"": device} if device.type == "cuda" else None)
+            trust_remote_code=mspec.trust_remote_code, device_map={"": device} if device.type == "cuda" else None),
+            mspec.path, "weights")
+        check_finite_weights(model, mspec.path)
         model.config.use_cache = False
         return model, f"{mspec.path} (pretrained weights, {str(dtype).replace('torch.', '')})", False
     if mspec.source == "config":
-        cfg = AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code, local_files_only=True)
+        cfg = _load(lambda: AutoConfig.from_pretrained(mspec.path, trust_remote_code=mspec.trust_remote_code,
+                                                       local_files_only=True), mspec.path, "config.json")
         cfg._attn_implementation = mspec.attn_implementation
         cfg.use_cache = False
         dtype = resolve_dtype(mspec.dtype if mspec.dtype != "auto" else "bfloat16")
@@ -163,6 +184,54 @@ def build_model(mspec, *, tokenizer_vocab: int | None, device,
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=mspec.trust_remote_code)
     return model, f"{desc}, random weights, {str(dtype).replace('torch.', '')}", True
+
+
+def _load(fn, path: str, what: str):
+    """Run a transformers loader on the user's model directory; whatever its files make it raise is a message
+    naming the directory (out-of-memory and interrupts pass through)."""
+    import torch
+
+    try:
+        return fn()
+    except (RunError, torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged/foreign files raise anything from OSError to KeyError
+        raise RunError(f"cannot load the model's {what} from {path} ({type(e).__name__}: {_first_line(e)})",
+                       key="model.pretrained_model_name_or_path",
+                       hint="the model files are damaged or not a Hugging Face model: download or export them again, "
+                            "or use --proxy-model to train random weights of this shape") from None
+
+
+def check_weight_files(path: str | Path) -> None:
+    """Every ``*.safetensors`` file of a model dir has a readable header (cheap: the header only, no tensor data)."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as h:
+                h.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
+            raise RunError(f"the weights file {f} is not valid safetensors ({_first_line(e)})",
+                           key="model.pretrained_model_name_or_path",
+                           hint="the file is damaged or truncated: download or export the model again") from None
+
+
+def check_finite_weights(model, path: str | Path) -> None:
+    """The loaded weights hold no NaN/inf (one fused norm; a tensor-by-tensor pass only when it finds some)."""
+    import torch
+
+    ps = [p.detach() for p in model.parameters() if p.is_floating_point() and p.numel()]
+    if not ps:
+        return
+    with torch.no_grad():
+        total = torch.stack([n.float() for n in torch._foreach_norm(ps, 2.0)]).sum()
+        if bool(torch.isfinite(total)):
+            return
+        bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise RunError(f"the model weights in {path} hold NaN/inf in {len(bad)} tensor(s) (e.g. {bad[0]}): training "
+                       "on them gives a NaN loss", key="model.pretrained_model_name_or_path",
+                       hint="the checkpoint is damaged or was saved from a diverged run; use an intact copy")
 
 
 def decoder_layers(model) -> list:

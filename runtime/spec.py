@@ -7,6 +7,8 @@ Nothing here imports torch at module import; a few checks import it lazily (opti
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -270,12 +272,22 @@ class Spec:
 # ----------------------------------------------------------------------------------------------------------------
 
 class _Ctx:
-    def __init__(self, file: str):
+    def __init__(self, file: str, lines: dict[str, str] | None = None):
         self.file = file
+        self.lines = lines or {}
         self.notes: list[str] = []
 
+    def where(self, key: str) -> str:
+        """``file:line`` (or ``--set ...``) of a dotted key, else of its nearest parent that has one, else the file."""
+        k = key
+        while k:
+            if k in self.lines:
+                return self.lines[k]
+            k = k[:max(k.rfind("."), k.rfind("["), 0)]
+        return self.file
+
     def err(self, key: str, message: str, **kw) -> RunError:
-        return RunError(message, file=self.file, key=key, **kw)
+        return RunError(message, file=self.where(key), key=key, **kw)
 
     def note(self, msg: str) -> None:
         self.notes.append(msg)
@@ -304,7 +316,11 @@ def _unknown(sec: dict, known: set[str], ctx: _Ctx, name: str, *, what: str | No
                       found=k, hint=f"did you mean `{close[0]}`?" if close else "remove the key")
 
 
-def _int(v: Any, ctx: _Ctx, key: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
+MAX_TOKENS = 2**21  # a sequence longer than this exceeds every model's context (and exhausts memory when padded)
+
+
+def _int(v: Any, ctx: _Ctx, key: str, *, minimum: int | None = None, allow_none: bool = False,
+         maximum: int | None = None) -> int | None:
     if v is None and allow_none:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
@@ -314,6 +330,8 @@ def _int(v: Any, ctx: _Ctx, key: str, *, minimum: int | None = None, allow_none:
             raise ctx.err(key, "must be an integer" + (" or null" if allow_none else ""), found=v)
     if minimum is not None and v < minimum:
         raise ctx.err(key, f"must be >= {minimum}", found=v)
+    if maximum is not None and v > maximum:
+        raise ctx.err(key, f"must be <= {maximum}", found=v)
     return v
 
 
@@ -322,7 +340,47 @@ def _float(v: Any, ctx: _Ctx, key: str, *, allow_none: bool = False) -> float | 
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ctx.err(key, "must be a number", found=v)
+    if not math.isfinite(float(v)):
+        raise ctx.err(key, "must be a finite number", found=v)
     return float(v)
+
+
+def _finite(node: Any, ctx: _Ctx, key: str = "") -> None:
+    """Every number of the config is finite and at most 64 bits wide: ``inf``/``nan``/``1e400`` in an optimizer or
+    schedule setting would train every weight into NaN (and nothing reads them elsewhere)."""
+    todo = [(key, node)]
+    while todo:
+        k, v = todo.pop()
+        if isinstance(v, dict):
+            todo.extend((f"{k}.{x}" if k else str(x), y) for x, y in reversed(list(v.items())))
+        elif isinstance(v, (list, tuple)):
+            todo.extend((f"{k}[{i}]", y) for i, y in reversed(list(enumerate(v))))
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ctx.err(k, "is not a finite number: training with it would make the weights NaN", found=v,
+                          hint="write a finite value (`.inf`, `.nan` and overflowing numbers such as `1e400` are not)"
+                               + ("; a large finite max_norm such as 1e9 never clips" if k.endswith("max_norm")
+                                  else ""))
+        elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+            raise ctx.err(k, "integer wider than 64 bits", found=f"{str(v)[:20]}... ({len(str(v))} digits)")
+
+
+def _path(v: Any, ctx: _Ctx, key: str) -> Path:
+    """A path-valued setting: a string the file system can look up (no NUL byte, not too long)."""
+    if not isinstance(v, str) or not v:
+        raise ctx.err(key, "must be a path (a non-empty string)", found=v)
+    try:
+        os.stat(v)
+    except ValueError:
+        raise ctx.err(key, "is not a usable path (it contains a NUL byte)", found=v) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):  # does not exist: the caller says so in its own words
+            raise ctx.err(key, f"is not a usable path ({e.strerror})", found=v if len(v) < 200 else v[:200] + "...") \
+                from None
+    return Path(v)
+
+
+def _dtype(v: Any, ctx: _Ctx, key: str, **kw) -> str | None:
+    return parse_dtype(v, file=ctx.where(key), key=key, **kw)
 
 
 def _bool(v: Any, ctx: _Ctx, key: str) -> bool:
@@ -382,6 +440,10 @@ def _step(cfg: dict, ctx: _Ctx) -> dict:
             names.append(_signal.Signals(s).name if isinstance(s, int) else _signal.Signals[str(s).upper()].name)
         except (KeyError, ValueError):
             raise ctx.err(k + "preemption_signal", "not a signal name or number", found=s) from None
+    for n in names:
+        if n in ("SIGKILL", "SIGSTOP"):
+            raise ctx.err(k + "preemption_signal", f"{n} cannot be caught, so it cannot trigger a checkpoint", found=n,
+                          hint="SIGTERM (what schedulers send before killing a job) or SIGUSR1")
     out["preemption_signal"] = names
     return out
 
@@ -468,11 +530,11 @@ def _dist(cfg: dict, ctx: _Ctx, world_size: int) -> DistSpec:
             raise ctx.err("distributed.mp_policy", "must be a mapping", found=mp)
         _unknown(mp, MP_POLICY_KEYS, ctx, "distributed.mp_policy", what="a MixedPrecisionPolicy field")
         # A YAML-given policy starts from MixedPrecisionPolicy()'s own defaults (all None) as 0.7 does.
-        param_dtype = parse_dtype(mp.get("param_dtype"), file=ctx.file, key="distributed.mp_policy.param_dtype")
-        reduce_dtype = parse_dtype(mp.get("reduce_dtype"), file=ctx.file, key="distributed.mp_policy.reduce_dtype")
-        output_dtype = parse_dtype(mp.get("output_dtype"), file=ctx.file, key="distributed.mp_policy.output_dtype")
+        param_dtype = _dtype(mp.get("param_dtype"), ctx, "distributed.mp_policy.param_dtype")
+        reduce_dtype = _dtype(mp.get("reduce_dtype"), ctx, "distributed.mp_policy.reduce_dtype")
+        output_dtype = _dtype(mp.get("output_dtype"), ctx, "distributed.mp_policy.output_dtype")
         cast_inputs = _bool(mp.get("cast_forward_inputs", False), ctx, "distributed.mp_policy.cast_forward_inputs")
-    autocast = parse_dtype(sec.get("autocast_dtype"), file=ctx.file, key="distributed.autocast_dtype")
+    autocast = _dtype(sec.get("autocast_dtype"), ctx, "distributed.autocast_dtype")
     dist_env = _section(cfg, "dist_env", ctx) or {}
     backend = str(dist_env.get("backend", "nccl"))
     timeout = _float(dist_env.get("timeout_minutes", 1), ctx, "dist_env.timeout_minutes")
@@ -536,14 +598,14 @@ def _peft(cfg: dict, ctx: _Ctx) -> PeftSpec | None:
     pos = sec.get("dropout_position", "post")
     if pos not in ("pre", "post"):
         raise ctx.err("peft.dropout_position", "must be pre or post", found=pos)
-    dim = _int(sec.get("dim", 8), ctx, "peft.dim", minimum=1)
+    dim = _int(sec.get("dim", 8), ctx, "peft.dim", minimum=1, maximum=65536)  # no layer is wider
     alpha = _float(sec.get("alpha", 32), ctx, "peft.alpha")
     dropout = _float(sec.get("dropout", 0.0), ctx, "peft.dropout")
     if not 0.0 <= dropout < 1.0:
         raise ctx.err("peft.dropout", "must be in [0, 1)", found=dropout)
     return PeftSpec(target_modules=tm, exclude_modules=ex, match_all_linear=mal, dim=dim, alpha=alpha,
                     dropout=dropout, dropout_position=pos, lora_A_init=str(sec.get("lora_A_init", "xavier")),
-                    lora_dtype=parse_dtype(sec.get("lora_dtype"), file=ctx.file, key="peft.lora_dtype"))
+                    lora_dtype=_dtype(sec.get("lora_dtype"), ctx, "peft.lora_dtype"))
 
 
 def _fp8(cfg: dict, ctx: _Ctx) -> Fp8Spec | None:
@@ -583,9 +645,9 @@ def _model(cfg: dict, ctx: _Ctx, opts) -> ModelSpec:
     target = str(sec["_target_"])
     from_config = target.endswith("from_config")
     if "dtype" in sec:
-        dtype = parse_dtype(sec.get("dtype"), file=ctx.file, key="model.dtype", allow_auto=True) or "auto"
+        dtype = _dtype(sec.get("dtype"), ctx, "model.dtype", allow_auto=True) or "auto"
     else:
-        dtype = parse_dtype(sec.get("torch_dtype", "auto"), file=ctx.file, key="model.torch_dtype",
+        dtype = _dtype(sec.get("torch_dtype", "auto"), ctx, "model.torch_dtype",
                             allow_auto=True) or "auto"
     attn = sec.get("attn_implementation") or "sdpa"
     if attn not in ("sdpa", "eager", "flash_attention_2"):
@@ -595,6 +657,10 @@ def _model(cfg: dict, ctx: _Ctx, opts) -> ModelSpec:
     conf = sec.get("config")
     if isinstance(conf, dict):
         conf = conf.get("pretrained_model_name_or_path")
+    if name is not None:
+        _path(str(name), ctx, "model.pretrained_model_name_or_path")
+    if conf is not None:
+        _path(str(conf), ctx, "model.config")
     trust = bool(sec.get("trust_remote_code", False))
     liger = _bool(sec.get("use_liger_kernel", True), ctx, "model.use_liger_kernel")
     if opts.model_path is not None:
@@ -642,6 +708,8 @@ def _tokenizer(cfg: dict, ctx: _Ctx, model: ModelSpec) -> TokenizerSpec:
         add_bos = bool(tok.get("add_bos_token", False))
         add_eos = bool(tok.get("add_eos_token", False))
         tpath = tok.get("pretrained_model_name_or_path")
+        if tpath is not None:
+            tpath = str(_path(tpath, ctx, "dataset.tokenizer.pretrained_model_name_or_path"))
         if tpath is None and "_target_" not in tok:
             raise ctx.err("dataset.tokenizer.pretrained_model_name_or_path",
                           "is required when dataset.tokenizer has no _target_")
@@ -661,6 +729,7 @@ def _data_paths(params: dict, ctx: _Ctx, name: str, *, check_files: bool) -> Non
         raise ctx.err(f"{name}.path_or_dataset_id", "must be a path or a list of paths", found=paths)
     if check_files:
         for p in plist:
+            _path(p, ctx, f"{name}.path_or_dataset_id")
             if not Path(p).exists():
                 kind = ("looks like a Hugging Face Hub dataset id, and the bundled runtime reads local JSON/JSONL "
                         "only (no network)") if _HUB_ID.match(p) else "data file not found"
@@ -668,6 +737,9 @@ def _data_paths(params: dict, ctx: _Ctx, name: str, *, check_files: bool) -> Non
                               hint=f"--set {name}.path_or_dataset_id=/path/to/file.jsonl")
             if Path(p).is_dir():
                 raise ctx.err(f"{name}.path_or_dataset_id", "is a directory; give JSON/JSONL file(s)", found=p)
+            if not Path(p).is_file():
+                raise ctx.err(f"{name}.path_or_dataset_id", "is not a regular file (a FIFO or device would be read "
+                              "forever)", found=p, hint="give JSON/JSONL file(s)")
             if Path(p).suffix.lower() == ".parquet":
                 raise ctx.err(f"{name}.path_or_dataset_id", "Parquet files are not read by the bundled runtime "
                               "(local JSON/JSONL only)", found=p, hint="convert the rows to JSONL")
@@ -684,7 +756,7 @@ def _chat_params(params: dict, ctx: _Ctx, name: str, *, check_files: bool) -> No
         raise ctx.err(f"{name}.path_or_dataset_id", "is required by ChatDataset")
     _data_paths(params, ctx, name, check_files=check_files)
     if params.get("seq_length") is not None:
-        _int(params["seq_length"], ctx, f"{name}.seq_length", minimum=1)
+        _int(params["seq_length"], ctx, f"{name}.seq_length", minimum=1, maximum=MAX_TOKENS)
     if params.get("padding") == "max_length" and params.get("seq_length") is None:
         raise ctx.err(f"{name}.padding", "padding: max_length needs seq_length (the tokenizer would pad to its "
                       "model_max_length)", found="max_length", hint=f"set {name}.seq_length")
@@ -700,7 +772,7 @@ def _chat_params(params: dict, ctx: _Ctx, name: str, *, check_files: bool) -> No
         if not isinstance(t, str):
             raise ctx.err(f"{name}.chat_template", "must be a Jinja template string or a path to a template file",
                           found=t)
-        if "{%" not in t and "{{" not in t and check_files and not Path(t).is_file():
+        if "{%" not in t and "{{" not in t and check_files and ("\0" in t or len(t) > 4096 or not Path(t).is_file()):
             raise ctx.err(f"{name}.chat_template", "is neither a Jinja template nor an existing file (0.7 would use "
                           "the string itself as the template, rendering every conversation as that constant text)",
                           found=t, hint="give the template text, or the path of a .jinja / tokenizer_config.json file")
@@ -721,7 +793,7 @@ def _packing(cfg: dict, ctx: _Ctx) -> dict[str, Any] | None:
         raise ctx.err("packed_sequence", "must be a mapping", found=ps)
     _unknown(ps, PACKED_KEYS, ctx, "packed_sequence", what="a packed_sequence field")
     k = "packed_sequence."
-    size = _int(ps.get("packed_sequence_size", 0), ctx, k + "packed_sequence_size")
+    size = _int(ps.get("packed_sequence_size", 0), ctx, k + "packed_sequence_size", maximum=MAX_TOKENS)
     if size <= 0:
         return None
     strategy = ps.get("packing_strategy", "thd")
@@ -764,13 +836,16 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
         if not isinstance(cm, dict) or "answer" not in cm:
             raise ctx.err(f"{name}.column_mapping", "needs an `answer` column", found=cm)
         roles = set(cm)
+        for role, col in cm.items():
+            if not isinstance(col, str):
+                raise ctx.err(f"{name}.column_mapping.{role}", "must be a column name (a string)", found=col)
         if not roles <= {"context", "question", "answer"} or len(cm) not in (2, 3):
             raise ctx.err(f"{name}.column_mapping", "roles must be answer plus context and/or question",
                           found=sorted(roles))
         _data_paths(params, ctx, name, check_files=check_files)
         for k in ("seq_length", "limit_dataset_samples"):
             if params.get(k) is not None:
-                _int(params[k], ctx, f"{name}.{k}", minimum=1)
+                _int(params[k], ctx, f"{name}.{k}", minimum=1, maximum=MAX_TOKENS if k == "seq_length" else None)
         if params.get("padding") == "max_length" and params.get("seq_length") is None:
             raise ctx.err(f"{name}.padding", "padding: max_length needs seq_length (the tokenizer would pad to its "
                           "model_max_length)", found="max_length", hint=f"set {name}.seq_length")
@@ -783,6 +858,13 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
         kind = "chat"
     elif tname in _MOCK:
         _unknown(params, MOCK_KEYS, ctx, name, what="a MockIterableDatasetConfig field")
+        for k, top in (("vocab_size", 2**24), ("seq_len", MAX_TOKENS), ("num_samples", None), ("batch_size", 2**16)):
+            if params.get(k) is not None:
+                _int(params[k], ctx, f"{name}.{k}", minimum=1, maximum=top)
+        ex = params.get("exclude_token_ids")
+        if ex is not None and not (isinstance(ex, list) and all(isinstance(t, int) and not isinstance(t, bool) and
+                                                                0 <= t < params.get("vocab_size", 1024) for t in ex)):
+            raise ctx.err(f"{name}.exclude_token_ids", "must be a list of token ids below vocab_size", found=ex)
         kind = "mock"
     elif tname in _PRETOKENIZED:
         _unknown(params, {"path_or_dataset_id"}, ctx, name, what="a pretokenized dataset field")
@@ -841,6 +923,8 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
                        pad_seq_len_divisible=pad_div, packing=None if kind == "mock" else packing)
 
 
+_OPTIM_NUMBERS = {"lr", "eps", "weight_decay", "momentum", "dampening", "lr_decay", "initial_accumulator_value",
+                  "rho", "lambd", "alpha", "t0", "max_iter", "momentum_decay"}
 _TYPED_OPTIM = {
     "AdamConfig": ("torch.optim.Adam", {"lr": 1e-4, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}),
     "AdamWConfig": ("torch.optim.AdamW", {"lr": 1e-4, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}),
@@ -860,6 +944,9 @@ def _optim(cfg: dict, ctx: _Ctx) -> OptimSpec:
         key = f"optimizer.param_group_overrides[{i}]"
         if not isinstance(o, dict) or "pattern" not in o:
             raise ctx.err(key, "needs a `pattern`", found=o)
+        for m in ("lr_mult", "wd_mult"):
+            if m in o:
+                _float(o[m], ctx, f"{key}.{m}")
         bad = set(o) - {"pattern", "lr_mult", "wd_mult"}
         if bad:
             raise ctx.err(key, "unknown key", expected="pattern, lr_mult, wd_mult", found=sorted(bad))
@@ -891,8 +978,15 @@ def _optim(cfg: dict, ctx: _Ctx) -> OptimSpec:
         if bad:
             raise ctx.err(f"optimizer.{bad[0]}", f"{cls_path} does not take this argument",
                           expected=", ".join(k for k in params if k != "params"), found=bad[0])
-    if "betas" in kwargs and isinstance(kwargs["betas"], list):
-        kwargs["betas"] = tuple(kwargs["betas"])
+    for k, v in kwargs.items():
+        if k in _OPTIM_NUMBERS and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+            raise ctx.err(f"optimizer.{k}", "must be a number >= 0", found=v)
+    if "betas" in kwargs:
+        b = kwargs["betas"]
+        if not (isinstance(b, (list, tuple)) and len(b) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x < 1.0 for x in b)):
+            raise ctx.err("optimizer.betas", "must be two numbers in [0, 1)", found=b, hint="e.g. betas: [0.9, 0.999]")
+        kwargs["betas"] = tuple(b)
     if "lr" not in kwargs:
         lr_default = params.get("lr")
         if lr_default is None or lr_default.default is inspect.Parameter.empty:
@@ -912,6 +1006,13 @@ def _lr(cfg: dict, ctx: _Ctx) -> dict | None:
     if w is not None and not isinstance(w, bool) and isinstance(w, (int, float)) and 0 < w < 1:
         raise ctx.err("lr_scheduler.lr_warmup_steps", "fractional warmup is not supported by 0.7", found=w,
                       hint="give an integer number of steps")
+    for k in ("init_lr", "max_lr", "min_lr", "start_wd", "end_wd"):
+        _float(sec.get(k), ctx, f"lr_scheduler.{k}", allow_none=True)
+    for k in ("lr_warmup_steps", "lr_decay_steps", "wd_incr_steps", "wsd_decay_steps"):
+        _int(sec.get(k), ctx, f"lr_scheduler.{k}", minimum=0, allow_none=True)
+    for k in ("use_checkpoint_opt_param_scheduler", "override_opt_param_scheduler"):
+        if sec.get(k) is not None:
+            _bool(sec[k], ctx, f"lr_scheduler.{k}")
     style = sec.get("lr_decay_style", "cosine")
     if style not in ("cosine", "linear", "constant", "inverse-square-root", "WSD"):
         raise ctx.err("lr_scheduler.lr_decay_style", "unknown decay style", found=style,
@@ -932,7 +1033,7 @@ def _ckpt(cfg: dict, ctx: _Ctx, *, check_files: bool) -> CkptSpec:
     sec = _section(cfg, "checkpoint", ctx) or {}
     _unknown(sec, CKPT_KEYS, ctx, "checkpoint", what="a CheckpointingConfig field")
     enabled = _bool(sec.get("enabled", True), ctx, "checkpoint.enabled")
-    d = str(sec.get("checkpoint_dir", "checkpoints/"))
+    d = str(_path(str(sec.get("checkpoint_dir", "checkpoints/")), ctx, "checkpoint.checkpoint_dir"))
     fmt = sec.get("model_save_format", "safetensors")
     if fmt not in ("safetensors", "torch_save"):
         raise ctx.err("checkpoint.model_save_format", "unknown format", expected="safetensors or torch_save",
@@ -957,6 +1058,8 @@ def _ckpt(cfg: dict, ctx: _Ctx, *, check_files: bool) -> CkptSpec:
     if sec.get("is_async"):
         ctx.note("checkpoint.is_async: checkpoints are written synchronously by the bundled runtime.")
     rf = sec.get("restore_from")
+    if rf is not None:
+        _path(str(rf), ctx, "checkpoint.restore_from")
     return CkptSpec(enabled=enabled, checkpoint_dir=d, model_save_format=str(fmt), save_consolidated=str(sc),
                     max_recent_checkpoints=mrc, restore_from=None if rf is None else str(rf))
 
@@ -979,7 +1082,7 @@ def _compat(cfg: dict, ctx: _Ctx) -> CompatSpec:
     if lrv is not None and not (isinstance(lrv, list) and lrv and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in lrv)):
         raise ctx.err("nemo_compat.lr_values", "must be a non-empty list of learning rates (one per optimizer step)", found=lrv)
     ia = sec.get("init_adapter")
-    if ia is not None and not Path(str(ia)).is_file():
+    if ia is not None and not _path(str(ia), ctx, "nemo_compat.init_adapter").is_file():
         raise ctx.err("nemo_compat.init_adapter", "no such adapter file", found=ia)
     return CompatSpec(lr_values=[float(x) for x in lrv] if lrv else None, init_adapter=None if ia is None else str(ia),
                       save_init_adapter=_bool(sec.get("save_init_adapter", False), ctx, "nemo_compat.save_init_adapter"),
@@ -1047,13 +1150,15 @@ def _compile(cfg: dict, ctx: _Ctx) -> CompileSpec:
 # Entry point
 # ----------------------------------------------------------------------------------------------------------------
 
-def resolve(cfg: dict, opts, *, file: str, check_files: bool = True) -> Spec:
-    """Check the effective config for the runtime and return the normalised spec (raises RunError)."""
-    ctx = _Ctx(file)
+def resolve(cfg: dict, opts, *, file: str, check_files: bool = True, lines: dict[str, str] | None = None) -> Spec:
+    """Check the effective config for the runtime and return the normalised spec (raises RunError). ``lines`` maps
+    dotted keys to where they were written (``file:line``), so that errors point at the line."""
+    ctx = _Ctx(file, lines)
     world = int(opts.nproc_per_node)
+    _finite(cfg, ctx)
     seed = cfg.get("seed", 42)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ctx.err("seed", "must be a non-negative integer", found=seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        raise ctx.err("seed", "must be an integer in [0, 2**62)", found=seed)
     _unsupported_sections(cfg, ctx)
     step = _step(cfg, ctx)
     dist = _dist(cfg, ctx, world)

@@ -76,6 +76,26 @@ def seed_all(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _first_line(e: BaseException, n: int = 300) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _canonical(name: str) -> str:
+    return name.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """The tensor this rank holds for a parameter (a DTensor's shard; torchao's float8 wrapper's inner tensor)."""
+    t = p.detach()
+    t = getattr(t, "_local_tensor", t)
+    inner = getattr(t, "_tensor", None)
+    return inner if isinstance(inner, torch.Tensor) else t
+
+
 def tail_padding(labels: torch.Tensor, ignore: int = -100) -> int:
     flipped = labels.flip(dims=[1]) == ignore
     return int(torch.cumprod(flipped.int(), dim=1).sum().item())
@@ -83,8 +103,11 @@ def tail_padding(labels: torch.Tensor, ignore: int = -100) -> int:
 
 class Trainer:
     def __init__(self, spec: Spec, *, run_dir: Path, raw_cfg: dict[str, Any], merge: bool = False,
-                 tokenizer_path: str | None = None, tokenizer_note: str | None = None, stop_after: int | None = None):
+                 tokenizer_path: str | None = None, tokenizer_note: str | None = None, stop_after: int | None = None,
+                 resume: str = "auto"):
         self.spec = spec
+        self.resume_mode = resume
+        self.fingerprint: dict[str, Any] | None = None
         self.stop_after = stop_after
         self.run_dir = Path(run_dir)
         self.raw_cfg = raw_cfg
@@ -146,8 +169,16 @@ class Trainer:
             self.tok = None
             return
         t = self.spec.tokenizer
-        self.tok = load_tokenizer(self.tokenizer_path, add_bos_token=t.add_bos_token, add_eos_token=t.add_eos_token,
-                                  trust_remote_code=self.spec.model.trust_remote_code)
+        try:
+            self.tok = load_tokenizer(self.tokenizer_path, add_bos_token=t.add_bos_token,
+                                      add_eos_token=t.add_eos_token, trust_remote_code=self.spec.model.trust_remote_code)
+        except RunError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the tokenizer files make transformers raise
+            raise RunError(f"cannot load the tokenizer from {self.tokenizer_path} ({type(e).__name__}: "
+                           f"{_first_line(e)})", key="dataset.tokenizer.pretrained_model_name_or_path",
+                           hint="the tokenizer files are damaged or not a Hugging Face tokenizer; point "
+                                "dataset.tokenizer.pretrained_model_name_or_path at a good one") from None
         if self.tokenizer_note is None:
             self.log(f"tokenizer: {self.tokenizer_path}")
 
@@ -192,6 +223,11 @@ class Trainer:
             self.log(f"note: {train_ds.num_masked_out} training sample(s) have every label masked (answer truncated "
                      "away); 0.7 serves the next sample in their place.")
         self.train_loader = self._loader(spec.train, train_ds, train=True)
+        if isinstance(self.train_loader, MapLoader) and len(self.train_loader) == 0:
+            raise RunError(f"an epoch has no batch: {len(self.train_loader.sampler)} training sample(s) per rank, fewer "
+                           f"than one batch of {self.train_loader.batch_size} with drop_last",
+                           key="dataloader.drop_last", hint="use more data, a smaller step_scheduler.local_batch_size, "
+                                                           "or dataloader.drop_last: false")
         self.val_loaders = {}
         for name, v in spec.validation.items():
             key = "validation_dataset" if name == "default" else f"validation_dataset_{name}"
@@ -305,7 +341,11 @@ class Trainer:
         if c.init_adapter:
             from safetensors.torch import load_file
 
-            adapter = load_file(c.init_adapter)
+            try:
+                adapter = load_file(c.init_adapter)
+            except Exception as e:  # noqa: BLE001 - SafetensorError, OSError
+                raise RunError(f"cannot read the adapter file ({_first_line(e)})", key="nemo_compat.init_adapter",
+                               found=c.init_adapter, hint="give a PEFT adapter_model.safetensors") from None
             if self.lora_info.tied_groups:  # a tied group starts from its owner's A; the file must agree
                 for g in self.lora_info.tied_groups:
                     a0 = adapter.get(f"base_model.model.{g[0]}.lora_A.weight")
@@ -358,6 +398,10 @@ class Trainer:
             self.lr_scheduler = ExplicitLR(self.optimizer, spec.compat.lr_values)
             self.log(f"note: nemo_compat.lr_values: the learning rate of each step is given ({len(spec.compat.lr_values)} "
                      "values); the lr_scheduler section is not used")
+        if spec.ckpt.enabled and (self.env is None or self.env.is_main):
+            from .resume import data_digests, fingerprint
+
+            self.fingerprint = fingerprint(spec, lr_scheduler=self.lr_scheduler, data_digests=data_digests(spec))
         lr = self.optimizer.param_groups[0]["lr"]
         self.log(f"schedule: {self.steps.max_steps} steps max, {self.steps.num_epochs} epoch(s) of "
                  f"{self.steps.epoch_len} steps; lr {lr:.3e} at step 0"
@@ -382,10 +426,7 @@ class Trainer:
         decision: dict[str, Any] = {}
         if self.env.is_main:
             try:
-                path, notes, doc = ck.find_resume(root, c.restore_from)
-                if doc is not None:
-                    self._check_signature(doc.get("signature", {}), path)
-                decision = {"path": None if path is None else str(path), "notes": notes}
+                decision = self._resume_decision(root)
             except CheckpointError as e:
                 decision = {"error": str(e)}
         decision = ck.broadcast_obj(decision)
@@ -393,99 +434,332 @@ class Trainer:
             raise CheckpointError(decision["error"])
         for n in decision["notes"]:
             self.log(f"note: {n}")
+        if decision.get("fresh_dir"):
+            self.spec.ckpt.checkpoint_dir = decision["fresh_dir"]
+            Path(decision["fresh_dir"]).mkdir(parents=True, exist_ok=True)
         if decision["path"] is None:
             return
         path = Path(decision["path"])
-        self.log(f"resuming from {path} (auto-resume: checkpoint.checkpoint_dir has a checkpoint)")
-        self._load_checkpoint(path)
+        diffs = decision.get("changes") or []
+        self._load_checkpoint(path, apply_new=bool(diffs), saved_step=decision.get("step"))
         self.resumed_from = path
+        at = f"step {self.steps.step} of {self.steps.max_steps}"
+        if diffs:
+            from .resume import render
+
+            self.log(f"==> resuming from {path} at {at} WITH CHANGED SETTINGS (--resume changed): {render(diffs, 40)}. "
+                     "The new values apply from this step on; the weights, optimizer moments and data position are "
+                     "the checkpoint's.")
+            if self.env.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "resume-changes.json").write_text(json.dumps(
+                    {"resumed_from": str(path), "step": self.steps.step,
+                     "changed": [{"key": k, "checkpoint": a, "now": b} for k, a, b in diffs]}, indent=1, default=str))
+        else:
+            self.log(f"==> resuming from {path} at {at} (checkpoint.checkpoint_dir holds it; saved "
+                     f"{decision.get('created')}; training settings unchanged since). Pass --no-resume to start fresh "
+                     "instead.")
+
+    def _resume_decision(self, root: Path) -> dict[str, Any]:
+        """Rank 0: which checkpoint to resume (or a fresh directory), after checking it against the current run."""
+        from .resume import changes, render
+
+        c = self.spec.ckpt
+        if self.resume_mode == "never":
+            new = ck.fresh_dir(root)
+            notes = []
+            if new != root:
+                notes.append(f"not resuming (--no-resume): {root} holds checkpoints of an earlier run and is left "
+                             f"as it is; this run's checkpoints go to {new} (resume them later with --set "
+                             f"checkpoint.checkpoint_dir={new})")
+            return {"path": None, "notes": notes, "fresh_dir": str(new) if new != root else None}
+        path, notes, doc = ck.find_resume(root, c.restore_from)
+        if doc is None:
+            return {"path": None, "notes": notes}
+        self._check_signature(doc.get("signature", {}), path)
+        diffs = None
+        if "training" not in doc:
+            notes.append(f"checkpoint {path.name} does not record its training settings (saved by an earlier "
+                         "nemo-migrate): settings changed since then cannot be listed.")
+        elif self.fingerprint is not None:
+            diffs = changes(doc["training"], self.fingerprint)
+            if diffs and self.resume_mode != "changed":
+                raise CheckpointError(
+                    f"checkpoint {path} was trained with other settings than this run has: {render(diffs)}",
+                    key="checkpoint.checkpoint_dir",
+                    hint="pass --resume changed to resume it and train on with the new values, --no-resume to start "
+                         "fresh (into a new checkpoint directory), or restore the settings it was saved with")
+        return {"path": str(path), "notes": notes, "changes": diffs, "step": doc.get("step"),
+                "created": doc.get("created")}
 
     def _check_signature(self, sig: dict[str, Any], path: Path) -> None:
         cur = self._signature()
         diffs = [k for k in cur if k in sig and sig[k] != cur[k]]
         if diffs:
             k = diffs[0]
-            hint = "use a fresh checkpoint.checkpoint_dir, or restore the original settings"
+            hint = ("pass --no-resume to start fresh (into a new checkpoint directory), use a fresh "
+                    "checkpoint.checkpoint_dir, or restore the original settings")
             if k in ("world_size", "dp", "tp", "grad_acc_steps", "local_batch_size"):
                 hint = ("the saved data position and RNG streams are per rank, so resume with the original "
-                        "--nproc-per-node / parallel sizes / batch sizes, or " + hint.split(", or")[0])
-            raise CheckpointError(f"checkpoint {path.name} belongs to a different run ({k} differs)",
-                                  key="checkpoint.checkpoint_dir", expected=cur[k], found=sig[k], hint=hint)
+                        "--nproc-per-node / parallel sizes / batch sizes, or pass --no-resume to start fresh")
+            raise CheckpointError(f"checkpoint {path.name} belongs to a different run ({k} differs; --resume changed "
+                                  "cannot apply this one)", key="checkpoint.checkpoint_dir", expected=cur[k],
+                                  found=sig[k], hint=hint)
 
-    def _load_checkpoint(self, path: Path) -> None:
+    def _load_checkpoint(self, path: Path, *, apply_new: bool = False, saved_step: int | None = None) -> None:
+        """Load a verified checkpoint. Every file is checked before the collective that uses it, and all ranks agree
+        on a failure, so a bad file is a message naming it (never a hang or a traceback). With ``apply_new``
+        (--resume changed) the optimizer hyperparameters and the LR schedule are this run's, fast-forwarded."""
         from safetensors.torch import load_file
 
         from . import lora as lora_mod
 
+        hint = (f"the checkpoint's files are damaged or were not written by this runtime: set checkpoint.restore_from "
+                f"to another epoch_E_step_S dir, move {path} away, or pass --no-resume to start fresh")
+        current = {"file": "model/"}
+
+        def fail(e: BaseException) -> str:
+            return (f"checkpoint {path} cannot be loaded: {current['file']} is not valid "
+                    f"({type(e).__name__}: {_first_line(e)})")
+
+        def step(label: str, fn):
+            current["file"] = label
+            try:
+                return fn(), None
+            except CheckpointError as e:
+                return None, str(e.message)
+            except _PASS_THROUGH:
+                raise
+            except BaseException as e:  # noqa: BLE001 - anything a damaged file makes the loaders raise (DCP: Base)
+                return None, fail(e)
+
+        def check(msg: str | None) -> None:
+            msg = ck.agree(msg)
+            if msg:
+                raise CheckpointError(msg, key="checkpoint", hint=hint)
+
         model_dir = path / "model"
-        if self.spec.peft is not None:
-            adapter = load_file(str(model_dir / "adapter_model.safetensors"))
-            sd = lora_mod.trainable_keys_from_adapter(adapter, self.lora_info)
-            ck.load_full(self.inner, sd, broadcast=False, strict=False)
-        else:
-            sd = ck.load_hf_weights(model_dir) if self.env.is_main else {}
-            if self.env.is_main and getattr(self.hf_config, "tie_word_embeddings", False) and "lm_head.weight" not in sd:
-                emb = [k for k in sd if k.endswith("embed_tokens.weight")]
-                if emb:
-                    sd["lm_head.weight"] = sd[emb[0]]
-            ck.load_full(self.inner, sd, broadcast=True, strict=True)
-        ck.load_optimizer(self.optimizer, self.inner, path / "optim")
-        self.steps.load_state_dict(torch.load(path / "step_scheduler.pt", weights_only=True))
-        if self.lr_scheduler is not None and (path / "lr_scheduler.pt").is_file():
-            self.lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
+        params = {n: p for n, p in self.inner.named_parameters()}
+
+        def read_model():
+            if self.spec.peft is not None:
+                adapter = load_file(str(model_dir / "adapter_model.safetensors"))
+                try:
+                    sd = lora_mod.trainable_keys_from_adapter(adapter, self.lora_info)
+                except KeyError as e:
+                    raise CheckpointError(f"checkpoint {path}: model/adapter_model.safetensors has no LoRA weights "
+                                          f"for {e.args[0]}") from None
+            else:
+                if not self.env.is_main:
+                    return {}
+                sd = ck.load_hf_weights(model_dir)
+                if getattr(self.hf_config, "tie_word_embeddings", False) and "lm_head.weight" not in sd:
+                    emb = [k for k in sd if k.endswith("embed_tokens.weight")]
+                    if emb:
+                        sd["lm_head.weight"] = sd[emb[0]]
+                missing = sorted({_canonical(k) for k in self.inner.state_dict()} - set(sd))
+                if missing:
+                    raise CheckpointError(f"checkpoint {path}: model/ lacks {len(missing)} weight(s), e.g. "
+                                          f"{missing[0]}")
+            canon = {_canonical(n): p for n, p in params.items()}
+            for k, v in sd.items():
+                p = params.get(k, canon.get(k))
+                if p is not None and tuple(p.shape) != tuple(v.shape):
+                    raise CheckpointError(f"checkpoint {path}: {k} has shape {tuple(v.shape)}, the model "
+                                          f"{tuple(p.shape)}")
+                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    raise CheckpointError(f"checkpoint {path} holds non-finite weights ({k} has NaN/inf): it cannot "
+                                          "be trained on")
+            return sd
+
+        label = "model/adapter_model.safetensors" if self.spec.peft is not None else "model/ (HF weights)"
+        sd, msg = step(label, read_model)
+        check(msg)
+        ck.load_full(self.inner, sd, broadcast=self.spec.peft is None, strict=self.spec.peft is None)
+        del sd
+        snapshot = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        _, msg = step("optim/ (optimizer state)", lambda: ck.load_optimizer(self.optimizer, self.inner, path / "optim",
+                                                                           partial=apply_new))
+        check(msg)
         r = self.env.rank
-        self.train_loader.load_state_dict(torch.load(path / "dataloader" / f"dataloader_rank_{r}.pt",
-                                                     weights_only=True))
-        self.pending_rng = torch.load(path / "rng" / f"rng_rank_{r}.pt", weights_only=True)
+
+        def small(rel: str):
+            st = torch.load(path / rel, weights_only=True)
+            if not isinstance(st, dict):
+                raise CheckpointError(f"checkpoint {path}: {rel} does not hold a state dict (found "
+                                      f"{type(st).__name__})")
+            return st
+
+        def load_steps():
+            st = small("step_scheduler.pt")
+            step_, epoch = st.get("step"), st.get("epoch")
+            if not (isinstance(step_, int) and isinstance(epoch, int) and 0 <= epoch and 0 <= step_ and
+                    (saved_step is None or step_ <= saved_step + 1)):
+                raise CheckpointError(f"checkpoint {path}: step_scheduler.pt holds step {step_!r}, epoch {epoch!r}, "
+                                      f"not the position of a checkpoint saved at step {saved_step}")
+            self.steps.load_state_dict(st)
+
+        _, msg = step("step_scheduler.pt", load_steps)
+        if msg is None and self.lr_scheduler is not None and (path / "lr_scheduler.pt").is_file():
+            def load_sched():
+                st = small("lr_scheduler.pt")
+                if apply_new:  # this run's schedule, at the checkpoint's step
+                    n = st.get("num_steps")
+                    if not isinstance(n, int) or n < 0:
+                        raise CheckpointError(f"checkpoint {path}: lr_scheduler.pt has no step count")
+                    self.lr_scheduler.num_steps = 0
+                    self.lr_scheduler.step(n)
+                else:
+                    self.lr_scheduler.load_state_dict(st)
+                lrs = [g["lr"] for g in self.optimizer.param_groups]
+                if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in lrs):
+                    raise CheckpointError(f"checkpoint {path}: lr_scheduler.pt gives the learning rate(s) {lrs}")
+
+            if apply_new:
+                for g, saved in zip(self.optimizer.param_groups, snapshot):
+                    g.update(saved)  # the config's lr/betas/eps/weight decay, not the checkpoint's
+            _, msg = step("lr_scheduler.pt", load_sched)
+        elif msg is None and apply_new:
+            for g, saved in zip(self.optimizer.param_groups, snapshot):
+                g.update(saved)
+            if self.lr_scheduler is not None:  # a schedule the checkpoint did not have: at the resumed step
+                self.lr_scheduler.num_steps = 0
+                self.lr_scheduler.step(self.steps.step)
+
+        def load_loader():
+            st = small(f"dataloader/dataloader_rank_{r}.pt")
+            epoch, done = st.get("epoch"), st.get("yielded")
+            if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and done >= 0):
+                raise CheckpointError(f"checkpoint {path}: dataloader_rank_{r}.pt holds epoch {epoch!r}, position "
+                                      f"{done!r}")
+            if isinstance(self.train_loader, MapLoader) and done > len(self.train_loader) and not apply_new:
+                raise CheckpointError(f"checkpoint {path}: dataloader_rank_{r}.pt is at batch {done} of an epoch "
+                                      f"of {len(self.train_loader)}")
+            if "generator" in st:
+                torch.Generator().set_state(st["generator"])  # a bad generator state fails here, not mid-training
+            self.train_loader.load_state_dict(st)
+
+        if msg is None:
+            _, msg = step(f"dataloader/dataloader_rank_{r}.pt", load_loader)
+
+        def load_rng():
+            st = small(f"rng/rng_rank_{r}.pt")
+            saved = ck.rng_state()
+            try:
+                ck.set_rng_state(st)  # a bad state fails here, not at the first step
+            finally:
+                ck.set_rng_state(saved)
+            return st
+
+        if msg is None:
+            self.pending_rng, msg = step(f"rng/rng_rank_{r}.pt", load_rng)
+        check(msg)
 
     def save_checkpoint(self, epoch: int, step: int, train_loss: float, val_losses: dict[str, float]) -> None:
         c = self.spec.ckpt
         if not c.enabled:
             return
+        flag = self._nonfinite_flag()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag)
+        bad = self._nonfinite_params() if float(flag) > 0 else []  # never a checkpoint of NaN/inf weights
+        if bad:
+            raise self._nonfinite_weights_error(bad, when=f"at step {step}, before its checkpoint is saved")
         from . import lora as lora_mod
 
         root = Path(c.checkpoint_dir)
         path = root / ck.step_dir_name(epoch, step)
         is_main = self.env.is_main
-        if is_main:
-            if path.exists():
-                shutil.rmtree(path)
-            path.mkdir(parents=True)
-        ck.barrier()
+        prev = None
+        if is_main and ((root / "LATEST").is_symlink() or (root / "LATEST").exists()):
+            try:
+                prev = (root / "LATEST").resolve()
+            except (OSError, RuntimeError):
+                prev = None
         final = self.steps.is_last_step
-        # model
-        if self.spec.peft is not None:
-            sd = ck.gather_full(self.inner, trainable_only=True)
+
+        def phase(fn) -> None:
+            """Run one part of the save on every rank; any rank's I/O failure stops all of them cleanly."""
+            err: BaseException | None = None
+            try:
+                fn()
+            except _PASS_THROUGH:
+                raise
+            except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException; classified below
+                err = e
+            from .errors import io_reason
+
+            reason = io_reason(err) if err is not None else None
+            if err is not None and reason is None:
+                ck.agree(f"rank {self.env.rank} failed while saving")
+                raise err  # not an I/O failure: a bug, reported as an internal error
+            msg = ck.agree(None if reason is None else reason[0])
+            if msg:
+                if is_main:
+                    shutil.rmtree(path, ignore_errors=True)
+                from .errors import io_hint
+
+                raise CheckpointError(
+                    f"saving the checkpoint of step {step} failed ({msg}); the partial {path} was removed and "
+                    + (f"LATEST still points at {prev} (the last complete checkpoint)" if prev is not None else
+                       "no complete checkpoint of this run exists yet"),
+                    key="checkpoint.checkpoint_dir", hint=io_hint(reason[1] if reason else None, msg)
+                    + "; rerun to resume from the last complete checkpoint")
+
+        def prepare_dir() -> None:
             if is_main:
-                tensors = lora_mod.adapter_tensors(sd, self.lora_info)
-                ck.save_adapter(path / "model", tensors, self._adapter_config(), self._peft_extra(), self.tok)
-        else:
-            sd = ck.gather_full(self.inner, trainable_only=False)
-            if is_main:
-                ck.save_hf_model(path / "model", self.hf_config, sd, self.tok)
-        del sd
-        ck.save_optimizer(self.optimizer, self.inner, path / "optim")
-        r = self.env.rank
-        (path / "rng").mkdir(exist_ok=True)
-        (path / "dataloader").mkdir(exist_ok=True)
-        torch.save(ck.rng_state(), path / "rng" / f"rng_rank_{r}.pt")
-        torch.save(self.train_loader.state_dict(), path / "dataloader" / f"dataloader_rank_{r}.pt")
-        if is_main:
-            torch.save(self.steps.state_dict(), path / "step_scheduler.pt")
-            if self.lr_scheduler is not None:
-                torch.save(self.lr_scheduler.state_dict(), path / "lr_scheduler.pt")
-            (path / "config.yaml").write_text(dump_yaml(self.raw_cfg))
-            losses = {"train_loss": train_loss}
-            if len(val_losses) == 1:
-                losses["val_loss"] = next(iter(val_losses.values()))
-            else:
-                losses.update(val_losses)
-            (path / "losses.json").write_text(json.dumps(losses, indent=2))
+                if path.exists():
+                    shutil.rmtree(path)
+                path.mkdir(parents=True)
+
+        phase(prepare_dir)
         ck.barrier()
+        # model (gathered on every rank: a collective; written by rank 0)
+        held = {"sd": ck.gather_full(self.inner, trainable_only=self.spec.peft is not None)}
+
+        def write_model() -> None:
+            if not is_main:
+                return
+            if self.spec.peft is not None:
+                tensors = lora_mod.adapter_tensors(held["sd"], self.lora_info)
+                ck.save_adapter(path / "model", tensors, self._adapter_config(), self._peft_extra(), self.tok)
+            else:
+                ck.save_hf_model(path / "model", self.hf_config, held["sd"], self.tok)
+
+        phase(write_model)
+        held.clear()
+        phase(lambda: ck.save_optimizer(self.optimizer, self.inner, path / "optim"))
+        r = self.env.rank
+
+        def write_states() -> None:
+            (path / "rng").mkdir(exist_ok=True)
+            (path / "dataloader").mkdir(exist_ok=True)
+            ck.save_small(ck.rng_state(), path / "rng" / f"rng_rank_{r}.pt")
+            ck.save_small(self.train_loader.state_dict(), path / "dataloader" / f"dataloader_rank_{r}.pt")
+            if is_main:
+                ck.save_small(self.steps.state_dict(), path / "step_scheduler.pt")
+                if self.lr_scheduler is not None:
+                    ck.save_small(self.lr_scheduler.state_dict(), path / "lr_scheduler.pt")
+                (path / "config.yaml").write_text(dump_yaml(self.raw_cfg))
+                losses = {"train_loss": train_loss}
+                if len(val_losses) == 1:
+                    losses["val_loss"] = next(iter(val_losses.values()))
+                else:
+                    losses.update(val_losses)
+                (path / "losses.json").write_text(json.dumps(losses, indent=2))
+
+        phase(write_states)
+        ck.barrier()
+        removed: list[str] = []
+
+        def publish() -> None:
+            if is_main:
+                ck.write_manifest(path, epoch=epoch, step=step, signature=self._signature(), training=self.fingerprint)
+                ck.publish_latest(root, path)
+                removed.extend(ck.apply_retention(root, c.max_recent_checkpoints))
+
+        phase(publish)
         if is_main:
-            ck.write_manifest(path, epoch=epoch, step=step, signature=self._signature())
-            ck.publish_latest(root, path)
-            removed = ck.apply_retention(root, c.max_recent_checkpoints)
             self.log(f"checkpoint: {path}" + (" (final)" if final else "")
                      + (f"; removed {', '.join(removed)} (max_recent_checkpoints)" if removed else ""))
         ck.barrier()
@@ -580,8 +854,19 @@ class Trainer:
             rep_all = self._all_reduce(report.reshape(1).clone()).item()
             return {"loss": rep_all, "grad_norm": float(grad_norm), "num_label_tokens": step_tokens,
                     "num_tokens": step_nonpad, "lr": lr_applied, "lr_applied": lr_applied, "nonfinite": True}
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as e:
+            if "overflow" not in str(e):
+                raise
+            raise RunError(f"the optimizer update of step {self.steps.step} overflowed ({_first_line(e)}; learning "
+                           f"rate {lr_applied:g}); nothing was saved from this "
+                           "step", key="optimizer.lr",
+                           hint="lower the learning rate (optimizer.lr, lr_scheduler.max_lr)") from None
         self.optimizer.zero_grad(set_to_none=True)
+        # did the update leave every trainable weight finite? one fused norm over this rank's shards, reduced with
+        # the loss below (no extra host sync); a weight NaN/inf anywhere stops the run before anything is saved
+        bad_w = self._nonfinite_flag()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step(1)
         if spec.fp8 is not None:
@@ -590,13 +875,60 @@ class Trainer:
             if wants_precompute(spec.fp8, self.meshes.dp_shard_size):
                 precompute_scales(self.model)
         flag = torch.tensor([1.0 if self._signal else 0.0], device=self.env.device)
-        packed = torch.cat([report.reshape(1), flag])
+        if spec.dist.tp > 1 and dist.is_initialized():  # TP shards differ across the TP group: reduce over all ranks
+            dist.all_reduce(bad_w)
+        packed = torch.cat([report.reshape(1), flag, bad_w.reshape(1).to(flag.device)])
         packed = self._all_reduce(packed)
         vals = torch.cat([packed, grad_norm.reshape(1).float().to(packed.device)]).tolist()
         if vals[1] > 0:
             self.steps.sigterm_flag = True
-        return {"loss": vals[0], "grad_norm": vals[2], "num_label_tokens": step_tokens, "num_tokens": step_nonpad,
-                "lr": self.optimizer.param_groups[0]["lr"], "lr_applied": lr_applied}
+        out = {"loss": vals[0], "grad_norm": vals[3], "num_label_tokens": step_tokens, "num_tokens": step_nonpad,
+               "lr": self.optimizer.param_groups[0]["lr"], "lr_applied": lr_applied}
+        if vals[2] > 0:
+            out["nonfinite_weights"] = True
+        return out
+
+    def _trainable(self) -> list[tuple[str, torch.Tensor]]:
+        if getattr(self, "_trainable_cache", None) is None:
+            self._trainable_cache = [(_canonical(n), p) for n, p in self.model.named_parameters() if p.requires_grad]
+        return self._trainable_cache
+
+    @torch.no_grad()
+    def _nonfinite_flag(self) -> torch.Tensor:
+        """1.0 when a trainable weight on this rank is NaN/inf, else 0.0 (a device tensor; no host sync).
+
+        One fused L2 norm per dtype group (``torch._foreach_norm``): NaN/inf make it non-finite. Its fp32 sum of
+        squares also overflows for weights beyond ~1e19, so a flagged step is confirmed tensor by tensor
+        (``_nonfinite_params``) before the run is stopped."""
+        ts = [t for t in (_local(p) for _, p in self._trainable()) if t.numel()]
+        if not ts:
+            return torch.zeros((), dtype=torch.float32, device=self.env.device)
+        norms = torch._foreach_norm(ts, 2.0)
+        total = torch.stack([n.float() for n in norms]).sum()
+        return (~torch.isfinite(total)).float().to(self.env.device)
+
+    @torch.no_grad()
+    def _nonfinite_params(self) -> list[tuple[str, int]]:
+        """(name, number of NaN/inf elements) of every trainable weight that has any, over all ranks (collective)."""
+        named = self._trainable()
+        counts = torch.tensor([int((~torch.isfinite(_local(p))).sum()) if _local(p).is_floating_point() else 0
+                               for _, p in named] or [0], dtype=torch.float64, device=self.env.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+        return [(n, int(c)) for (n, _), c in zip(named, counts.tolist()) if c > 0]
+
+    def _nonfinite_weights_error(self, bad: list[tuple[str, int]], *, when: str, lr: float | None = None) -> RunError:
+        last = getattr(self, "last_checkpoint", None)
+        saved = (f"the last checkpoint with finite weights is {last}" if last is not None else
+                 "no checkpoint of this run holds finite weights yet" if self.spec.ckpt.enabled else
+                 "checkpointing is off")
+        names = ", ".join(n for n, _ in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        total = len(self._trainable())
+        lr = self.optimizer.param_groups[0].get("lr") if lr is None else lr
+        return RunError(f"the trainable weights are not finite {when}: {len(bad)} of {total} tensors hold NaN/inf "
+                        f"({names}). The run stopped without saving them; {saved}",
+                        hint=f"the learning rate applied was {lr:g}: lower it (optimizer.lr, lr_scheduler.max_lr), "
+                             "check optimizer.eps / weight_decay, or train in bf16/fp32 instead of fp16")
 
     @torch.no_grad()
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
@@ -694,6 +1026,8 @@ class Trainer:
                     done_here += 1
                     if out.get("nonfinite"):
                         self._stop_nonfinite(epoch, out)
+                    if out.get("nonfinite_weights"):
+                        self._stop_nonfinite_weights(epoch, out)
                     dt = timer.lap()
                     rec = {"type": "train", "step": self.steps.step, "epoch": self.steps.epoch,
                            "loss": out["loss"], "grad_norm": out["grad_norm"], "lr": out["lr"],
@@ -752,6 +1086,23 @@ class Trainer:
                        f"{out['grad_norm']}): stopped without applying it{where}",
                        hint="lower the learning rate, check the data of this step, or use bf16/fp32 instead of fp16")
 
+    def _stop_nonfinite_weights(self, epoch: int, out: dict[str, Any]) -> None:
+        """The optimizer update of this step made a weight NaN/inf: nothing of it is saved (LATEST keeps pointing at
+        the last checkpoint, whose weights were finite); stop with the step and the tensors named."""
+        step = self.steps.step
+        bad = self._nonfinite_params()
+        if not bad:  # the fused check's fp32 overflow (weights beyond ~1e19), not NaN/inf: train on
+            self.log(f"warning: step {step}: trainable weights beyond 1e19 in magnitude (finite); the loss will "
+                     "likely diverge")
+            return
+        if self.env.is_main and self.metrics is not None:
+            self.metrics.write({"type": "train", "step": step, "epoch": epoch, "loss": out["loss"],
+                                "grad_norm": out["grad_norm"], "lr": out["lr"], "lr_applied": out["lr_applied"],
+                                "num_label_tokens": out["num_label_tokens"], "num_tokens": out["num_tokens"],
+                                "nonfinite": True, "nonfinite_weights": [n for n, _ in bad[:20]]})
+        raise self._nonfinite_weights_error(bad, when=f"after the optimizer update of step {step}",
+                                            lr=out["lr_applied"])
+
     def finish(self) -> None:
         """--merge export, loss.png and the summary line."""
         from . import lora as lora_mod
@@ -793,12 +1144,14 @@ class Trainer:
 
 
 def run_training(spec: Spec, *, run_dir: Path, raw_cfg: dict[str, Any], merge: bool,
-                 tokenizer_path: str | None, tokenizer_note: str | None, stop_after: int | None = None) -> int:
+                 tokenizer_path: str | None, tokenizer_note: str | None, stop_after: int | None = None,
+                 resume: str = "auto") -> int:
     """Run one process's share of the job; returns an exit code (errors are reported on rank 0)."""
+    from .errors import io_error_message
     from .parallel import destroy
 
     tr = Trainer(spec, run_dir=run_dir, raw_cfg=raw_cfg, merge=merge, tokenizer_path=tokenizer_path,
-                 tokenizer_note=tokenizer_note, stop_after=stop_after)
+                 tokenizer_note=tokenizer_note, stop_after=stop_after, resume=resume)
     code = 0
     try:
         tr.setup()
@@ -810,13 +1163,19 @@ def run_training(spec: Spec, *, run_dir: Path, raw_cfg: dict[str, Any], merge: b
         code = 1
     except KeyboardInterrupt:
         code = 130
+    except OSError as e:  # a write the disk refused (full, file-size limit, read-only) or a file that vanished
+        if tr.env is None or tr.env.is_main:
+            print(f"nemo-migrate run: error: {io_error_message(e)}", file=sys.stderr, flush=True)
+        code = 1
     except torch.OutOfMemoryError as e:
         if tr.env is None or tr.env.is_main:
             first = str(e).split(". ")[0]
             print(f"nemo-migrate run: error: out of GPU memory ({first}). Hint: distributed.activation_checkpointing: true, "
                   "a smaller step_scheduler.local_batch_size, or more GPUs (FSDP2 shards the model)", file=sys.stderr, flush=True)
         code = 1
-    except Exception as e:  # noqa: BLE001
+    except _PASS_THROUGH:
+        raise
+    except BaseException as e:  # noqa: BLE001 - also DCP's CheckpointException (a BaseException)
         if os.environ.get("NEMO_MIGRATE_DEBUG"):
             raise
         tb = traceback.format_exc()

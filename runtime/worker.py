@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import run_training
 
     spec = Spec.from_dict(payload["spec"])
-    return run_training(spec, run_dir=Path(payload["run_dir"]), raw_cfg=payload["cfg"], merge=payload["merge"], stop_after=payload.get("stop_after"),
-                        tokenizer_path=payload["tokenizer_path"], tokenizer_note=payload["tokenizer_note"])
+    return run_training(spec, run_dir=Path(payload["run_dir"]), raw_cfg=payload["cfg"], merge=payload["merge"],
+                        stop_after=payload.get("stop_after"), tokenizer_path=payload["tokenizer_path"],
+                        tokenizer_note=payload["tokenizer_note"], resume=payload.get("resume", "auto"))
 
 
 if __name__ == "__main__":
