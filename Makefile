@@ -66,5 +66,27 @@ bench:
 	$(BENCH_PY) bench/record.py --ours $(BENCH_OUT)/llama8b/runtime-speed-llama8b.json $(BENCH_OUT)/llama1b/runtime-speed-llama1b.json \
 	  --out bench/results/$$(date +%F)-gpu.json
 
+# The source oracle (issue 14): real NeMo 2.7.3 + NeMo-Run 0.11.1 in their own CPU venv build every golden, real-world
+# and recipe job through NeMo-Run's CLI code path; tools/nemo_oracle/check.py compares them with what nemo-migrate
+# resolves and emits (every leaf, the LR at every step, micro-batches per step) and writes
+# bench/results/nemo-check-<date>.txt and .json.  Exit 2 when a disagreement is not in tools/nemo_oracle/accepted.yaml.
+NEMO_VENV  ?= .nemo-venv
+NEMO_PY    ?= python3.11
+NEMO_STAMP := $(NEMO_VENV)/.installed
+
+.PHONY: nemo-venv nemo-check
+
+# the stamp records how long the build took and whether the venv was new (check.py puts it in its JSON summary)
+$(NEMO_STAMP): requirements/nemo-oracle.txt
+	@start=$$(date +%s); fresh=0; \
+	if [ ! -x $(NEMO_VENV)/bin/python ]; then fresh=1; $(NEMO_PY) -m venv $(NEMO_VENV) || exit 1; fi; \
+	$(NEMO_VENV)/bin/python -m pip install -q -r requirements/nemo-oracle.txt || exit 1; \
+	echo "fresh=$$fresh seconds=$$(( $$(date +%s) - start ))" > $@; cat $@
+
+nemo-venv: $(NEMO_STAMP)
+
+nemo-check: setup-dev nemo-venv
+	$(NEMO_VENV)/bin/python tools/nemo_oracle/check.py --project-python $(BIN)/python $(NEMO_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache

@@ -42,6 +42,7 @@ def convert(
     model: Optional[str] = typer.Option(None, "--model", help="HF model id or local HF directory to train (replaces the restore path)."),
     run_sh: Optional[Path] = typer.Option(None, "--run-sh", help="The launcher script: run.sh / an sbatch script (default: the one in SOURCE)."),
     launch_line: Optional[int] = typer.Option(None, "--launch-line", min=1, help="The line of the launcher's command to migrate when it runs several."),
+    nemo_version: Optional[str] = typer.Option(None, "--nemo-version", help="The NeMo 2 release the job ran on (2.0 .. 2.7; default 2.7): recipes, defaults and what NeMo accepts differ."),
     launcher: str = typer.Option("auto", "--launcher", help="auto: also sbatch.sh when recipe.py launches on a SlurmExecutor; slurm: always write sbatch.sh; local: run.sh only."),
     check: bool = typer.Option(False, "--check", help="Compare with what is in OUT and write nothing: exit 0 same, 2 differs."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in OUT that differ."),
@@ -54,7 +55,7 @@ def convert(
 
     c = _out()
     opts = Options(source=source, out=out, recipe=recipe, factory=factory, nproc_per_node=nproc_per_node, nnodes=nnodes,
-                   sets=list(set_), model=model, run_sh=run_sh, launcher=launcher, launch_line=launch_line)
+                   sets=list(set_), model=model, run_sh=run_sh, launcher=launcher, launch_line=launch_line, nemo_version=nemo_version)
     if launcher not in ("auto", "slurm", "local"):
         c.error_line(f"--launcher {launcher!r}: expected auto, slurm or local")
         raise typer.Exit(1)
@@ -67,7 +68,11 @@ def convert(
         if out is None:
             c.error_line("--check needs -o OUT to compare with")
             raise typer.Exit(1)
-        plan = plan_write(conv, out)
+        try:
+            plan = plan_write(conv, out)
+        except MigrateError as e:
+            c.fail(e.diags, json_mode=json_)
+            raise typer.Exit(1)
         if json_:
             c.print_json(conv.to_json(status="differs" if plan.differing else "same") | {"differs": plan.differing})
         else:
@@ -110,6 +115,10 @@ def diff(
     from .diff import run_diff, to_json
 
     c = _out()
+    bad = _unreadable_inputs([left, right, recipe])
+    if bad.has_errors:
+        c.fail(bad, json_mode=json_)
+        raise typer.Exit(1)
     try:
         results = run_diff(left, right, recipe=recipe, sets=list(set_), nproc=nproc_per_node, nnodes=nnodes, model=model)
     except MigrateError as e:
@@ -143,6 +152,8 @@ def run(
     migrated: Optional[Path] = typer.Option(None, "--migrated", help="--verify: an Automodel YAML (or directory) to verify instead of convert's output."),
     json_: bool = typer.Option(False, "--json", help="--verify: print verify-report.json on stdout."),
     against: Optional[str] = typer.Option(None, "--against", metavar="automodel", help="--verify: also train the migrated YAML with the real nemo_automodel 0.7.0 recipe (GPU) and compare it with the runtime's migrated leg."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="changed", help="Resume a checkpoint saved with other training settings and train on with the new values (default: refuse, listing them)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start fresh (into <checkpoint_dir>-runN when it holds checkpoints)."),
 ) -> None:
     """Train an Automodel 0.7 config with the bundled runtime (FSDP2, LoRA, FP8); needs `pip install nemo-migrate[runtime]`.
 
@@ -154,6 +165,12 @@ def run(
         raise typer.Exit(1)
     if against is not None and not verify:
         _out().error_line("--against needs --verify (it compares the runtime's migrated leg with real Automodel)")
+        raise typer.Exit(1)
+    if resume not in (None, "changed"):
+        _out().error_line("--resume takes: changed")
+        raise typer.Exit(1)
+    if resume and no_resume:
+        _out().error_line("--resume changed and --no-resume exclude each other")
         raise typer.Exit(1)
     if verify:
         from .diagnostics import MigrateError
@@ -179,7 +196,8 @@ def run(
     from runtime.api import RunOptions, run_main  # lazily: convert/diff never import torch
 
     code = run_main(RunOptions(config=config, nproc_per_node=nproc_per_node, max_steps=max_steps, model_path=model_path,
-                               proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge, stop_after=stop_after))
+                               proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge, stop_after=stop_after,
+                               resume="never" if no_resume else ("changed" if resume else "auto")))
     raise typer.Exit(code)
 
 
@@ -198,8 +216,40 @@ def convert_data(
     except MigrateError as e:
         _out().fail(e.diags)
         raise typer.Exit(1)
+    from .fsio import shown
+
     _out().diagnostics(diags)
-    _out().info_line(f"wrote {n} rows to {dest}")
+    _out().info_line(f"wrote {n} rows to {shown(dest)}")
+
+
+_JOB_FILES = (".yaml", ".yml", ".json", ".toml", ".py", ".ipynb", ".sh", ".sbatch")
+
+
+def _unreadable_inputs(paths: list[Optional[Path]]):
+    """NM001 for an input (or a job file in an input folder) that is not a regular file: a FIFO or a device would make
+    the read wait forever, a directory or a symlink loop would crash it."""
+    from .diagnostics import Diagnostics
+    from .fsio import not_a_file, shown
+
+    diags = Diagnostics()
+    for p in paths:
+        if p is None:
+            continue
+        kind = not_a_file(p)
+        if kind == "a directory":
+            try:
+                entries = sorted(x for x in p.iterdir() if x.suffix in _JOB_FILES)
+            except OSError as e:
+                diags.error("NM001", f"cannot list {shown(p)}: {e.strerror or e}")
+                continue
+            for x in entries:
+                k = not_a_file(x)
+                if k not in (None, "a directory", "a broken symbolic link", "missing"):
+                    diags.error("NM001", f"{shown(x)} is {k}, not a file nemo-migrate can read", file=shown(x),
+                                hint="remove or rename it, or compare the files you mean one by one")
+        elif kind not in (None, "missing"):
+            diags.error("NM001", f"{shown(p)} is {kind}, not a file nemo-migrate can read")
+    return diags
 
 
 @app.command()

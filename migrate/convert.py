@@ -8,17 +8,23 @@ is replaced only with ``--force``; the NeMo inputs are never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
+import json
 import os
 import re
+import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, automodel_rules, emit, rules
+from . import __version__, automodel_rules, emit, fsio, nemo_release, rules
 from .diagnostics import Diagnostics, MigrateError
-from .ir import STATUSES, KnobOutcome, TargetValue
+from .ir import STATUSES, KnobOutcome, Node, TargetValue
 from .resolve import Inputs, Job, resolve
 from .sources.launch import Launch, expand_positional, looks_like_launcher, notebook_launch, parse_run_sh, variant_of
 from .sources.recipe_py import RecipeModule, parse_recipe_py
@@ -37,6 +43,7 @@ class Options:
     run_sh: Path | None = None
     launcher: str = "auto"  # auto: sbatch.sh too when recipe.py has a SlurmExecutor; slurm: always; local: run.sh only
     launch_line: int | None = None  # the launcher's command to migrate when it runs several
+    nemo_version: str | None = None  # the NeMo 2 release the job is read for (default: the latest)
 
 
 @dataclass
@@ -80,6 +87,7 @@ class Conversion:
     diags: Diagnostics
     source: str
     inputs: list[Path]
+    nemo_version: str = ""
 
     def to_json(self, written: list[str] | None = None, status: str = "ok") -> dict[str, Any]:
         return {
@@ -87,6 +95,7 @@ class Conversion:
             "version": __version__,
             "status": status,
             "source": self.source,
+            "nemo_version": self.nemo_version,
             "files": sorted(self.files),
             "written": written or [],
             "variants": [
@@ -298,21 +307,7 @@ def _notebook(path: Path, display: str, base: Path, set_keys: set[str], diags: D
 
 def _not_a_file(p: Path) -> str | None:
     """What a path is when it is not a regular file that can be read ('a directory', 'a broken symbolic link'...)."""
-    import stat
-
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        return "a broken symbolic link" if p.is_symlink() else "missing"
-    except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    if stat.S_ISDIR(st.st_mode):
-        return "a directory"
-    if stat.S_ISFIFO(st.st_mode):
-        return "a FIFO (named pipe)"
-    if not stat.S_ISREG(st.st_mode):
-        return "a device or socket"
-    return None
+    return fsio.not_a_file(p)
 
 
 def _hydra_script(launch: Launch) -> bool:
@@ -361,6 +356,18 @@ def _head(p: Path, n: int = 20_000) -> str:
 
 def convert(opts: Options) -> Conversion:
     diags = Diagnostics()
+    release = nemo_release.default()
+    if opts.nemo_version is not None:
+        release = nemo_release.normalize(opts.nemo_version) or ""
+        if not release:
+            diags.error("NM016", f"--nemo-version {opts.nemo_version!r}: not a NeMo 2 release this compiler knows",
+                        hint=f"one of {', '.join(nemo_release.releases())} (NeMo 3.0 removed nemo.collections.llm)")
+            raise MigrateError(diags)
+    with nemo_release.using(release):
+        return _convert(opts, diags, release)
+
+
+def _convert(opts: Options, diags: Diagnostics, release: str) -> Conversion:
     inputs, launch, base, module = discover(opts, diags)
     if module is None and inputs and inputs[0].recipe is not None:
         argv = launch.script_args if launch is not None and launch.script and Path(launch.script).name == inputs[0].recipe.name else None
@@ -404,19 +411,24 @@ def convert(opts: Options) -> Conversion:
         raise MigrateError(diags)
     files = {v.output: v.text for v in variants}
     source = _source_label(opts, inputs, launch)
-    files["run.sh"] = _run_sh(variants, launch, source)
     slurm = next((v.slurm for v in variants if v.slurm is not None), None)
-    if opts.launcher == "slurm" or (slurm is not None and opts.launcher == "auto"):
-        if slurm is not None:
-            for bad in emit.sbatch_problems(slurm):
-                diags.warning("NM610", f"#SBATCH {bad} is left out of sbatch.sh: sbatch reads directives unquoted",
-                              hint="use plain values (letters, digits, _ . : , = + / @ % -) or add the line by hand")
-        files["sbatch.sh"] = _sbatch_sh(variants, launch, slurm or {}, source)
-    files["migration-report.md"] = _report(variants, diags, _source_label(opts, inputs, launch))
+    try:  # a value that cannot be written into a script safely is refused (NM900-NM904) with everything else found
+        files["run.sh"] = _run_sh(variants, launch, source)
+        if opts.launcher == "slurm" or (slurm is not None and opts.launcher == "auto"):
+            if slurm is not None:
+                for bad in emit.sbatch_problems(slurm):
+                    diags.warning("NM610", f"#SBATCH {bad} is left out of sbatch.sh: sbatch reads directives unquoted",
+                                  hint="use plain values (letters, digits, _ . : , = + / @ % -) or add the line by hand")
+            files["sbatch.sh"] = _sbatch_sh(variants, launch, slurm or {}, source)
+    except MigrateError as e:
+        diags.extend(e.diags.items)
+        raise MigrateError(diags) from None
+    files["migration-report.md"] = _report(variants, diags, _source_label(opts, inputs, launch),
+                                           release if any(_nemo2(v.job) for v in variants) else None)
     srcs = [p for inp in inputs for p, _ in inp.yamls] + ([inputs[0].recipe] if inputs and inputs[0].recipe else [])
     if launch is not None:
         srcs.append(base / launch.file)
-    return Conversion(variants, files, diags, _source_label(opts, inputs, launch), srcs)
+    return Conversion(variants, files, diags, _source_label(opts, inputs, launch), srcs, release)
 
 
 def _source_label(opts: Options, inputs: list[Inputs], launch: Launch | None) -> str:
@@ -433,7 +445,8 @@ def _header(inp: Inputs, job: Job, has_launch: bool) -> list[str]:
     src = ", ".join([d for _, d in inp.yamls] + ([inp.recipe_display] if inp.recipe_display else []))
     lines = [
         f"NeMo Automodel 0.7 config generated by nemo-migrate {__version__} from {src or 'the factory'}",
-        f"(factory {job.factory}{', recipe llm.' + job.recipe if job.recipe else ''}).",
+        f"(factory {job.factory}{', recipe llm.' + job.recipe if job.recipe else ''}"
+        f"{'; read as NeMo ' + nemo_release.current() if _nemo2(job) else ''}).",
         f"Run: bash run.sh{' ' + inp.variant if inp.variant else ''}    Report: migration-report.md",
         "Comments: the rule that wrote the value ('~' approximate, '!' unsupported; `nemo-migrate explain RULE`),",
         "then where the value came from.",
@@ -449,7 +462,21 @@ def _run_sh(variants: list[Variant], launch: Launch | None, source: str) -> str:
             if n.kind == "pre-step" and n.text not in pre:
                 pre.append(n.text)
     vs = [{"name": v.name or v.label, "config": v.output, "nproc": v.nproc, "nnodes": v.nnodes} for v in variants]
-    return emit.render_run_sh({"variants": vs, "env": env, "pre_steps": pre, "source": source})
+    return emit.render_run_sh({"variants": vs, "env": env, "pre_steps": pre, "source": source, "where": _script_where(variants)})
+
+
+def _script_where(variants: list[Variant]) -> dict[str, dict[str, Any]]:
+    """Where each executor value a script writes came from (``executor.partition`` -> file/line), so a value that
+    cannot be written safely is refused at its source line, and where each config file name came from."""
+    where: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        ex = v.job.tree.get("executor")
+        if isinstance(ex, Node):
+            where.setdefault("executor", ex.prov.where())
+            for path, obj in ex.walk("executor"):
+                where.setdefault(path, obj.prov.where())
+        where.setdefault(v.output, v.job.tree.prov.where())
+    return where
 
 
 def _env_of(variants: list[Variant], launch: Launch | None) -> list[tuple[str, str]]:
@@ -476,10 +503,16 @@ def _sbatch_sh(variants: list[Variant], launch: Launch | None, slurm: dict[str, 
         "gpus_per_node": slurm.get("gpus_per_node") or max(v.nproc for v in variants),
         "sbatch": slurm.get("sbatch", []),
         "image": slurm.get("image"), "mounts": slurm.get("mounts", []), "srun_args": slurm.get("srun_args", []),
+        "where": _script_where(variants),
     })
 
 
-def _report(variants: list[Variant], diags: Diagnostics, source: str) -> str:
+def _nemo2(job: Job) -> bool:
+    """A NeMo 2 job (not a NeMo 1.0 / Aligner config lowered into the IR): its meaning depends on the NeMo 2 release."""
+    return not isinstance(job.tree.get("nemo1"), Node)
+
+
+def _report(variants: list[Variant], diags: Diagnostics, source: str, release: str | None = None) -> str:
     pre: list[str] = []
     warns: list[str] = []
     for v in variants:
@@ -507,11 +540,29 @@ def _report(variants: list[Variant], diags: Diagnostics, source: str) -> str:
         "pre_steps": pre,
         "warnings": warns,
         "diagnostics": [d.render().replace("\n", " ") for d in diags.sorted() if d.severity != "note"],
+        "release_note": f" Read as NeMo {release} (`--nemo-version`: NeMo 2.0-2.7 differ in recipes, defaults and what they "
+                        "accept)." if release else "",
     }
     return emit.render_report(ctx)
 
 
 # ---------------------------------------------------------------------------------------------- writing
+#
+# OUT is written all or nothing, under a lock on OUT (filelock; flock, released by the kernel if the process dies):
+#   1. under the lock, finish what an interrupted run left (below), then plan: what another run wrote meanwhile
+#      counts, and a file that differs is replaced only with --force;
+#   2. stage every new file in a fresh directory inside OUT (.nemo-migrate-staging-*), fsync'd;
+#   3. write the manifest (name and sha256 of each staged file): the commit point;
+#   4. rename each staged file over its destination, fsync OUT, remove the staging directory and the lock file.
+# A run killed before 3 leaves a staging directory without a manifest: the next run removes it (OUT untouched).
+# A run killed during 4 leaves its manifest: the next run completes the renames (roll forward) and says so.
+# SIGINT/SIGTERM/SIGHUP during 2 stop the write and remove the staging directory; during 4 they wait for the renames.
+
+STAGING_PREFIX = ".nemo-migrate-staging-"
+LOCK_NAME = ".nemo-migrate.lock"
+MANIFEST = "manifest.json"
+LOCK_TIMEOUT_S = 60.0  # NEMO_MIGRATE_LOCK_TIMEOUT overrides
+
 
 @dataclass
 class WriteResult:
@@ -519,68 +570,326 @@ class WriteResult:
     unchanged: list[str]
     differing: list[str]  # --check: files that would change; otherwise files refused without --force
     diffs: dict[str, str]
+    not_files: dict[str, str] = field(default_factory=dict)  # name -> what is there instead ('a directory', ...)
 
 
 def plan_write(conv: Conversion, out: Path) -> WriteResult:
+    """What writing ``conv`` into ``out`` would change (reads OUT, writes nothing).  An interrupted write found in OUT
+    is reported (NM917): the next ``convert -o`` completes it."""
     res = WriteResult([], [], [], {})
+    for name in conv.files:
+        _encoded(conv, name)
     for name, text in sorted(conv.files.items()):
         dest = out / name
-        if dest.is_file():
-            try:
-                old = dest.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                old = None
-            if old == text:
-                res.unchanged.append(name)
-                continue
-            res.differing.append(name)
-            res.diffs[name] = "".join(difflib.unified_diff(
-                (old or "").splitlines(keepends=True), text.splitlines(keepends=True), f"{name} (on disk)", f"{name} (new)", n=1))
-        else:
+        kind = fsio.not_a_file(dest)
+        if kind == "missing":
             res.differing.append(name)
             res.diffs[name] = f"{name}: does not exist yet\n"
+            continue
+        if kind is not None:
+            res.differing.append(name)
+            res.not_files[name] = kind
+            res.diffs[name] = f"{name}: is {kind}, not a file\n"
+            continue
+        new = _encoded(conv, name)
+        try:
+            old = fsio.read_bytes(dest, limit=len(new) + 1)
+        except OSError:
+            old = None
+        if old == new:
+            res.unchanged.append(name)
+            continue
+        res.differing.append(name)
+        res.diffs[name] = "".join(difflib.unified_diff(
+            (old or b"").decode("utf-8", "replace").splitlines(keepends=True), text.splitlines(keepends=True),
+            f"{name} (on disk)", f"{name} (new)", n=1))
+    left = _staging_dirs(out)
+    if left:
+        conv.diags.warning("NM917", f"{fsio.shown(out)} holds a write that was interrupted ({', '.join(p.name for p in left)})",
+                           hint="the next `nemo-migrate convert ... -o OUT` completes or removes it before writing")
     return res
 
 
+def _encoded(conv: Conversion, name: str) -> bytes:
+    """A file's bytes (UTF-8).  Text that cannot be encoded came from a command-line value or a file name with bytes
+    that are not UTF-8 (os.fsdecode's surrogates): NM918, never a crash."""
+    try:
+        return conv.files[name].encode("utf-8")
+    except UnicodeEncodeError as e:
+        text = conv.files[name]
+        line = text.count("\n", 0, e.start) + 1
+        snippet = fsio.shown(text[max(0, e.start - 20):e.end + 20])
+        conv.diags.error("NM918", f"{name} would hold text that is not UTF-8 (line {line}: ...{snippet}...): a command-line value "
+                         "or a file name of the job has bytes that are not UTF-8", hint="pass UTF-8 text (check the terminal's "
+                         "locale, LANG) and give the job's files UTF-8 names")
+        raise MigrateError(conv.diags) from None
+
+
 def write(conv: Conversion, out: Path, force: bool) -> WriteResult:
+    """Write the conversion into ``out``: all files or none, never a differing file without ``force``."""
     diags = conv.diags
-    inputs = {p.resolve() for p in conv.inputs}
-    for name in conv.files:
-        if (out / name).resolve() in inputs:
-            diags.error("NM010", f"writing {out / name} would overwrite a NeMo input file", hint="choose another output directory with -o")
-            raise MigrateError(diags)
-    if out.exists() and not out.is_dir():
-        diags.error("NM011", f"output path {out} exists and is not a directory")
-        raise MigrateError(diags)
-    plan = plan_write(conv, out)
-    existing_diff = [n for n in plan.differing if (out / n).exists()]
-    if existing_diff and not force:
-        diags.error("NM012", f"refusing to overwrite {len(existing_diff)} file(s) in {out} that differ: {', '.join(existing_diff)}",
-                    hint="review them (nemo-migrate convert ... --check shows the diff) and pass --force to replace them")
-        raise MigrateError(diags)
+    _check_out(conv, out, diags)
+    created = _make_out(out, diags)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        diags.error("NM013", f"cannot create {out}: {e.strerror or e}")
-        raise MigrateError(diags) from None
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for name in plan.differing:
-            dest = out / name
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(conv.files[name])
-            os.chmod(tmp, 0o755 if name.endswith(".sh") else 0o644)
-            temps.append((Path(tmp), dest))
-        for tmp, dest in temps:
-            os.replace(tmp, dest)
-    except OSError as e:
-        for tmp, _ in temps:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-        diags.error("NM014", f"cannot write to {out}: {e.strerror or e}")
-        raise MigrateError(diags) from None
+        with _out_lock(out, diags):
+            _recover(out, diags)
+            plan = plan_write(conv, out)
+            for name, kind in plan.not_files.items():
+                diags.error("NM914", f"{fsio.shown(out / name)} is {kind}, not a file: it is not replaced, even with --force",
+                            hint="move it away and convert again")
+            existing = [n for n in plan.differing if n not in plan.not_files and fsio.not_a_file(out / n) != "missing"]
+            if existing and not force:
+                diags.error("NM012", f"refusing to overwrite {len(existing)} file(s) in {fsio.shown(out)} that differ: {', '.join(existing)}",
+                            hint="review them (nemo-migrate convert ... --check shows the diff) and pass --force to replace them")
+            if diags.has_errors:
+                raise MigrateError(diags)
+            _commit(out, {n: conv.files[n] for n in plan.differing}, diags)
+    except BaseException as e:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: OUT is as it was
+        if isinstance(e, OSError):  # finishing an interrupted write, or reading OUT
+            diags.error("NM014", f"cannot write to {fsio.shown(out)}: {e.strerror or e}", hint="check that OUT is writable, or choose another -o")
+            raise MigrateError(diags) from None
+        raise
     plan.written = list(plan.differing)
     return plan
+
+
+def _check_out(conv: Conversion, out: Path, diags: Diagnostics) -> None:
+    odd = fsio.odd_text(str(out.absolute()))
+    if odd:
+        diags.error("NM913", f"the output path {fsio.shown(out.absolute())} has {odd}: run.sh finds its configs through its own "
+                    "directory, which `$(dirname ...)` cannot pass back intact", hint="choose a plain output directory with -o")
+        raise MigrateError(diags)
+    kind = fsio.not_a_file(out)
+    if kind == "a symbolic link loop" or (kind or "").startswith("unreadable"):
+        diags.error("NM913", f"the output path {out} is {kind}", hint="remove the link or choose another output directory with -o")
+        raise MigrateError(diags)
+    if kind not in ("a directory", "missing", "a broken symbolic link"):
+        diags.error("NM011", f"output path {out} exists and is not a directory" + (f" ({kind})" if kind else ""),
+                    hint="choose another output directory with -o")
+        raise MigrateError(diags)
+    inputs = {_resolved(p) for p in conv.inputs} - {None}
+    for name in conv.files:
+        if _resolved(out / name) in inputs:
+            diags.error("NM010", f"writing {out / name} would overwrite a NeMo input file", hint="choose another output directory with -o")
+            raise MigrateError(diags)
+
+
+def _resolved(p: Path) -> Path | None:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+
+
+def _make_out(out: Path, diags: Diagnostics) -> bool:
+    """Create OUT (and its parents) if needed; True when this run created it."""
+    if out.is_dir():
+        return False
+    try:
+        out.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        if out.is_dir():
+            return False
+        diags.error("NM013", f"cannot create {out}: a file or a broken symbolic link is in the way")
+    except OSError as e:
+        diags.error("NM013", f"cannot create {out}: {e.strerror or e}", hint="check the path and its permissions, or choose another -o")
+    raise MigrateError(diags)
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path, diags: Diagnostics):
+    """Hold OUT's lock: a second convert into the same OUT waits (NEMO_MIGRATE_LOCK_TIMEOUT seconds), then plans
+    against what the first one wrote.  The lock file is removed while still held (filelock retries a lock taken on a
+    removed file), so OUT keeps only the converted files."""
+    import filelock
+
+    path = out / LOCK_NAME
+    if path.is_symlink() or fsio.not_a_file(path) not in (None, "missing"):
+        diags.error("NM914", f"{fsio.shown(path)} is {'a symbolic link' if path.is_symlink() else fsio.not_a_file(path)}, not the "
+                    "lock file nemo-migrate makes; nothing written", hint="remove it (no nemo-migrate made it) and convert again")
+        raise MigrateError(diags)
+    try:
+        timeout = float(os.environ.get("NEMO_MIGRATE_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
+    except ValueError:
+        timeout = LOCK_TIMEOUT_S
+    lock = filelock.FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        diags.error("NM910", f"another nemo-migrate has been writing into {fsio.shown(out)} for {timeout:g} s (it holds {LOCK_NAME}); nothing written",
+                    hint="wait for it to finish and convert again (set NEMO_MIGRATE_LOCK_TIMEOUT to wait longer)")
+        raise MigrateError(diags) from None
+    except OSError as e:
+        diags.error("NM014", f"cannot write to {fsio.shown(out)}: {e.strerror or e}", hint="check that OUT is writable, or choose another -o")
+        raise MigrateError(diags) from None
+    try:
+        yield
+    finally:
+        if int(filelock.__version__.split(".")[0]) >= 4:  # filelock 3.x removes it on release itself
+            with contextlib.suppress(OSError):
+                path.unlink()
+        lock.release()
+
+
+def _staging_dirs(out: Path) -> list[Path]:
+    """Staging directories a run of this user left in OUT (mkdtemp makes them 0700; any other is not ours to trust)."""
+    try:
+        found = []
+        for p in sorted(out.iterdir()):
+            if p.name.startswith(STAGING_PREFIX) and not p.is_symlink() and p.is_dir():
+                st = p.stat()
+                if st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+                    found.append(p)
+        return found
+    except OSError:
+        return []
+
+
+def _commit(out: Path, files: dict[str, str], diags: Diagnostics) -> None:
+    """Stage ``files`` inside OUT, record the manifest, then rename them into place (steps 2-4 above)."""
+    if not files:
+        return
+    stage: Path | None = None
+    renamed = 0
+    try:
+        with fsio.interruptible():
+            _test_hook("locked")
+            stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+            manifest = {}
+            for name, text in sorted(files.items()):
+                data = text.encode("utf-8")  # checked by plan_write (NM918)
+                _write_file(stage / name, data, 0o755 if name.endswith(".sh") else 0o644)
+                manifest[name] = hashlib.sha256(data).hexdigest()
+                _test_hook("staged-one")
+            record = json.dumps({"tool": "nemo-migrate", "version": __version__, "files": manifest}, indent=1, sort_keys=True)
+            _write_file(stage / (MANIFEST + ".tmp"), record.encode(), 0o644)
+            _test_hook("staged")
+            os.replace(stage / (MANIFEST + ".tmp"), stage / MANIFEST)  # the commit point
+            _fsync_dir(stage)
+        with fsio.deferred_signals() as signals:  # past the commit point: the renames finish first
+            _test_hook("committed")
+            for name in sorted(files):
+                os.replace(stage / name, out / name)
+                renamed += 1
+                _test_hook("renamed-one")
+            _fsync_dir(out)
+            _remove_stage(stage)
+            stage = None
+        if signals:
+            diags.note("NM915", f"a signal ({', '.join(signal_name(s) for s in signals)}) arrived while the files were being "
+                       "renamed into place: the write was completed first")
+    except fsio.Interrupted as e:
+        diags.error("NM915", f"interrupted ({e}) while writing into {fsio.shown(out)}: nothing was changed there",
+                    hint="convert again to write the files")
+        raise MigrateError(diags) from None
+    except OSError as e:
+        state = ("nothing was changed there" if stage is None or not (stage / MANIFEST).exists() else
+                 f"{renamed} of {len(files)} files were replaced; the next convert into it completes the write")
+        diags.error("NM014", f"cannot write to {fsio.shown(out)}: {e.strerror or e}; {state}",
+                    hint="free some space or fix the permissions, and convert again")
+        raise MigrateError(diags) from None
+    finally:
+        if stage is not None and not (stage / MANIFEST).exists():
+            _remove_stage(stage)  # before the commit point: OUT untouched, leave nothing behind
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
+def _remove_stage(stage: Path) -> None:
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _recover(out: Path, diags: Diagnostics) -> None:
+    """Finish what an interrupted write left in OUT: roll a committed one forward, remove an uncommitted one."""
+    for stage in _staging_dirs(out):
+        man = stage / MANIFEST
+        if not man.exists():
+            _remove_stage(stage)
+            diags.note("NM916", f"removed {fsio.shown(stage.name)}, left by a write into {fsio.shown(out)} that was interrupted "
+                       "before it changed anything")
+            continue
+        try:
+            files = json.loads(fsio.read_bytes(man, limit=1 << 20))["files"]
+            assert isinstance(files, dict) and all(isinstance(k, str) and "/" not in k and k not in ("", ".", "..") for k in files)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            diags.error("NM912", f"{fsio.shown(stage)} holds an unreadable manifest of an interrupted write", file=fsio.shown(man),
+                        hint=f"check the files in {fsio.shown(out)}, remove {fsio.shown(stage.name)} and convert again with --force")
+            raise MigrateError(diags) from None
+        done, broken = [], []
+        for name, digest in sorted(files.items()):
+            staged, dest = stage / name, out / name
+            if _sha256(staged) == digest:
+                os.replace(staged, dest)
+                done.append(name)
+            elif _sha256(dest) != digest:
+                broken.append(name)
+        if broken:
+            diags.error("NM912", f"a write into {fsio.shown(out)} was interrupted and cannot be completed: "
+                        f"{', '.join(map(fsio.shown, broken))} changed since", hint=f"check the files in {fsio.shown(out)}, remove "
+                        f"{fsio.shown(stage.name)} and convert again with --force")
+            raise MigrateError(diags)
+        _fsync_dir(out)
+        _remove_stage(stage)
+        diags.warning("NM911", f"completed a write into {fsio.shown(out)} that was interrupted after its commit point "
+                      f"({len(files)} files, {len(done)} renamed now)", hint="what follows compares with those files")
+
+
+def _sha256(p: Path) -> str | None:
+    try:
+        return hashlib.sha256(fsio.read_bytes(p)).hexdigest()
+    except OSError:
+        return None
+
+
+def _test_hook(point: str) -> None:
+    """For tests only: NEMO_MIGRATE_TEST_HOOK="point=SECONDS,point=errno:N" pauses (after saying so on stderr) or fails
+    with an OSError at a point of the write (locked, staged-one, staged, committed, renamed-one)."""
+    spec = os.environ.get("NEMO_MIGRATE_TEST_HOOK")
+    if not spec:
+        return
+    for item in spec.split(","):
+        name, _, action = item.partition("=")
+        if name.strip() != point:
+            continue
+        sys.stderr.write(f"nemo-migrate test hook: {point}\n")
+        sys.stderr.flush()
+        if action.startswith("errno:"):
+            code = int(action[len("errno:"):])
+            raise OSError(code, os.strerror(code))
+        time.sleep(float(action or 0))

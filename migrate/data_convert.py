@@ -11,11 +11,13 @@ through.  Output is written atomically; an existing file is replaced only with `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from . import fsio
 from .diagnostics import Diagnostics, MigrateError
 
 
@@ -44,41 +46,150 @@ def convert_row(row: dict, lineno: int, display: str, diags: Diagnostics) -> dic
     return {"messages": msgs}
 
 
-def convert_file(src: Path, dest: Path, force: bool = False) -> tuple[int, Diagnostics]:
-    diags = Diagnostics()
-    display = str(src)
-    if dest.exists() and not force:
-        diags.error("NM803", f"{dest} exists", hint="pass --force to replace it")
-        raise MigrateError(diags)
-    if dest.resolve() == src.resolve():
-        diags.error("NM804", "the output would overwrite the input")
-        raise MigrateError(diags)
-    out_rows: list[str] = []
-    try:
-        fh = src.open("r", encoding="utf-8")
-    except OSError as e:
-        diags.error("NM100", f"cannot read {src}: {e.strerror or e}")
-        raise MigrateError(diags) from None
-    with fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                diags.error("NM805", f"not JSON: {e.msg}", file=display, line=lineno, col=e.colno)
-                continue
-            if not isinstance(row, dict):
-                diags.error("NM805", "each line must be a JSON object", file=display, line=lineno)
-                continue
-            new = convert_row(row, lineno, display, diags)
-            if new is not None:
-                out_rows.append(json.dumps(new, ensure_ascii=False))
+MAX_DEPTH = 200  # a chat row is a few levels deep; deeper JSON is refused before Python's recursion limit is
+MAX_INT_DIGITS = 4000  # below Python's int/str conversion limit (4300 digits)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NumberError(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise _NumberError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} overflows to {v}")
+    return v
+
+
+def _no_constant(text: str) -> None:
+    raise _NumberError(f"{text} is not JSON (JSON has no NaN or Infinity)")
+
+
+class _NumberError(ValueError):
+    pass
+
+
+def _too_deep(line: str) -> bool:
+    depth = deepest = 0
+    in_str = esc = False
+    for c in line:
+        if in_str:
+            esc, in_str = (False, True) if esc else (c == "\\", c != '"')
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest > MAX_DEPTH
+
+
+def _parse(line: str) -> object:
+    if line.count("[") + line.count("{") > MAX_DEPTH and _too_deep(line):
+        raise _NumberError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return json.loads(line, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+
+
+def _check_dest(src: Path, dest: Path, force: bool, diags: Diagnostics) -> None:
+    kind = fsio.not_a_file(dest)
+    parent = next((p for p in dest.absolute().parents if fsio.not_a_file(p) != "missing"), None)
+    pkind = (fsio.not_a_file(parent) or "a file") if parent is not None else "a directory"
+    if pkind != "a directory":
+        diags.error("NM923", f"cannot write {fsio.shown(dest)}: {fsio.shown(parent)} is {pkind}, not a directory",
+                    hint="choose a destination in a directory")
+    elif kind == "missing":
+        pass
+    elif kind is not None:
+        diags.error("NM923", f"{fsio.shown(dest)} is {kind}, not a file: it is not replaced, even with --force",
+                    hint="give the path of the JSONL file to write")
+    elif not force:
+        diags.error("NM803", f"{fsio.shown(dest)} exists", hint="pass --force to replace it")
+    elif os.path.samefile(src, dest):
+        diags.error("NM804", "the output would overwrite the input", hint="write the converted rows to another file")
     if diags.has_errors:
         raise MigrateError(diags)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write("".join(r + "\n" for r in out_rows))
-    os.replace(tmp, dest)
-    return len(out_rows), diags
+
+
+def convert_file(src: Path, dest: Path, force: bool = False) -> tuple[int, Diagnostics]:
+    """Convert ``src`` into ``dest``: every row or nothing (a temporary file next to ``dest``, renamed at the end and
+    removed on every failure, interruption included)."""
+    diags = Diagnostics()
+    display = fsio.shown(src)
+    kind = fsio.not_a_file(src)
+    if kind is not None:
+        diags.error("NM001", f"{display} is {kind}, not a file nemo-migrate can read" if kind != "missing" else f"no such file: {display}")
+        raise MigrateError(diags)
+    _check_dest(src, dest, force, diags)
+    try:
+        fh = os.fdopen(fsio.open_regular(src), "rb")
+    except OSError as e:
+        diags.error("NM100", f"cannot read {display}: {e.strerror or e}")
+        raise MigrateError(diags) from None
+    n = 0
+    tmp: Path | None = None
+    try:
+        with fsio.interruptible(), fh:
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+            except OSError as e:
+                diags.error("NM923", f"cannot write into {fsio.shown(dest.parent)}: {e.strerror or e}",
+                            hint="choose a destination in a directory you can write to")
+                raise MigrateError(diags) from None
+            tmp = Path(name)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+                for lineno, raw in enumerate(fh, start=1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        diags.error("NM920", f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}", file=display, line=lineno,
+                                    col=e.start + 1, hint="JSONL is UTF-8: re-encode the file, e.g. iconv -f latin1 -t utf-8")
+                        continue
+                    if not line.strip():
+                        continue
+                    try:
+                        row = _parse(line)
+                    except _NumberError as e:
+                        diags.error("NM921", f"{e}: not a chat row nemo-migrate converts", file=display, line=lineno,
+                                    hint="fix or remove the line")
+                        continue
+                    except json.JSONDecodeError as e:
+                        diags.error("NM805", f"not JSON: {e.msg}", file=display, line=lineno, col=e.colno)
+                        continue
+                    except (ValueError, RecursionError) as e:
+                        diags.error("NM921", f"cannot read the JSON: {e}", file=display, line=lineno, hint="fix or remove the line")
+                        continue
+                    if not isinstance(row, dict):
+                        diags.error("NM805", "each line must be a JSON object", file=display, line=lineno)
+                        continue
+                    new = convert_row(row, lineno, display, diags)
+                    if new is not None and not diags.has_errors:
+                        text = json.dumps(new, ensure_ascii=False)
+                        if fsio.SURROGATE.search(text):
+                            diags.error("NM921", "a string holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode",
+                                        file=display, line=lineno, hint="fix or remove the line")
+                            continue
+                        out.write(text + "\n")
+                        n += 1
+                if diags.has_errors:
+                    raise MigrateError(diags)
+                out.flush()
+                os.fsync(out.fileno())
+                os.fchmod(out.fileno(), 0o644)
+            os.replace(tmp, dest)
+            tmp = None
+    except fsio.Interrupted as e:
+        diags.error("NM915", f"interrupted ({e}): {fsio.shown(dest)} was not written")
+        raise MigrateError(diags) from None
+    except OSError as e:
+        diags.error("NM923", f"cannot write {fsio.shown(dest)}: {e.strerror or e}; it was not written",
+                    hint="free some space or fix the permissions, and run again")
+        raise MigrateError(diags) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return n, diags

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
+from . import fsio
+
 Severity = Literal["error", "warning", "note"]
 _ORDER = {"error": 0, "warning": 1, "note": 2}
 
@@ -28,6 +30,13 @@ class Diagnostic:
     key: str | None = None
     hint: str | None = None
     cell: int | None = None  # a notebook's cell (1-based over all cells); line is then within the cell
+
+    def __post_init__(self) -> None:
+        """Text from the job (a file name, a value) is shown escaped: it may hold a newline, a terminal escape or bytes
+        that are not UTF-8, none of which may reach the terminal or the JSON output raw."""
+        for name in ("file", "message", "key", "hint"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, fsio.shown(getattr(self, name)))
 
     def location(self) -> str:
         if not self.file:

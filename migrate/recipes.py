@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import knowledge, schema
+from . import knowledge, nemo_release, schema
 from .diagnostics import Diagnostics, MigrateError, did_you_mean
 from .ir import Knob, Node, Provenance
 
@@ -29,6 +29,12 @@ def info(name: str) -> dict[str, Any] | None:
     return knowledge.recipes().get(name)
 
 
+def signature(name: str) -> list[str]:
+    """The parameters of ``llm.<name>.finetune_recipe`` in order (mappings/nemo2/recipes.yaml ``args``, read from the source)."""
+    r = info(name) or {}
+    return list(r.get("args") or SIGNATURE)
+
+
 def _kv(kwargs: dict[str, Knob], key: str, default: Any) -> Any:
     return kwargs[key].value if key in kwargs else default
 
@@ -45,6 +51,13 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
             **where,
         )
         raise MigrateError(diags)
+    missing = nemo_release.recipe_missing(name)
+    if missing:
+        diags.error("NM115", f"{missing}: this job cannot have run on NeMo {nemo_release.current()}",
+                    hint="pass --nemo-version with the release the job ran on", **where)
+        raise MigrateError(diags)
+    r = {**r, **{k: v for k, v in nemo_release.recipe_overrides(name).items() if k != "lora"}, **(
+        {"lora": {**(r.get("lora") or {}), **nemo_release.recipe_overrides(name)["lora"]}} if "lora" in nemo_release.recipe_overrides(name) else {})}
     if r.get("supported") is False:
         diags.error(
             "NM111",
@@ -53,11 +66,11 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
             **where,
         )
         raise MigrateError(diags)
-    sig = list(SIGNATURE)
-    if r.get("resume_arg"):
-        sig.append(r["resume_arg"])
-    if r.get("no_performance_mode"):
-        sig.remove("performance_mode")
+    sig = signature(name)
+    for k, default in (r.get("extra_args") or {}).items():  # parameters whose other values this knowledge does not model
+        if k in kwargs and kwargs[k].value != default:
+            diags.error("NM116", f"llm.{name}.finetune_recipe({k}={kwargs[k].value!r}) is not modelled (only {k}={default!r} is)",
+                        hint="export the built job with NeMo-Run's --to-yaml and convert that file", **(kwargs[k].prov.where() or where))
     for k in kwargs:
         if k not in sig:
             hint = did_you_mean(k, sig)
@@ -76,12 +89,13 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
     performance_mode = bool(_kv(kwargs, "performance_mode", False))
     packed = _kv(kwargs, "packed_sequence", None)
     if packed is None:
-        packed = False if r.get("no_performance_mode") else performance_mode
+        packed = performance_mode if "performance_mode" in signature(name) and r.get("perf_packs", True) else False
     packed = bool(packed)
+    seq_arg = "seq_length" in signature(name)  # recipes without a seq_length parameter keep default_finetune_recipe's data
     seq_length = _kv(kwargs, "seq_length", None)
     seq_prov = kwargs["seq_length"].prov if "seq_length" in kwargs and seq_length is not None else rd("seq_length default")
     if seq_length is None:
-        seq_length = 4096 if packed else 2048
+        seq_length = r.get("packed_seq_length", 4096) if packed else 2048
     scheme = _kv(kwargs, "peft_scheme", r.get("peft_scheme"))
     scheme_l = "none" if scheme is None else str(scheme).lower()
     if scheme_l not in ("none", "lora", "dora"):
@@ -97,7 +111,8 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
 
     num_nodes = kwargs.get("num_nodes")
     if num_nodes is None or num_nodes.value is None:
-        nn = r.get("num_nodes")
+        # not given: the signature default; given as None (or a None default): the recipe's per-branch choice
+        nn = r.get("num_nodes") if num_nodes is None else None
         if nn is None:
             nn = (r.get("num_nodes_if_none") or {}).get(branch, 1)
         num_nodes = Knob(value=nn, prov=rd(f"num_nodes for the {branch_label}"))
@@ -106,7 +121,7 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
 
     base_prov = Provenance(kind="recipe-default", detail=name)
     model = Node(
-        cls=schema.resolve_class(r.get("model_class") or "GPTModel") or "GPTModel",
+        cls=schema.node_class(r.get("model_class") or "GPTModel")[0],
         prov=rd("model()"),
         fields={"config": Node(cls=r.get("config_class") or "ModelConfig", prov=rd("model()"))},
     )
@@ -136,9 +151,14 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
         schema.set_path(tree, path, _spec_value(v, rd(branch_label)), internal, {})
     for path, v in (r.get("always") or {}).items():
         schema.set_path(tree, path, _spec_value(v, rd("recipe body")), internal, {})
-    schema.set_path(tree, "model.config.seq_length", Knob(value=seq_length, prov=seq_prov), internal, {})
-    schema.set_path(tree, "data.seq_length", Knob(value=seq_length, prov=seq_prov), internal, {})
-    if packed:
+    if not seq_arg:
+        if r.get("config_seq_length"):
+            cfg_prov = Provenance(kind="nemo-default", detail=f"{r.get('config_class')}.seq_length")
+            schema.set_path(tree, "model.config.seq_length", Knob(value=r["config_seq_length"], prov=cfg_prov), internal, {})
+    else:
+        schema.set_path(tree, "model.config.seq_length", Knob(value=seq_length, prov=seq_prov), internal, {})
+        schema.set_path(tree, "data.seq_length", Knob(value=seq_length, prov=seq_prov), internal, {})
+    if packed and seq_arg:
         pprov = rd("packed_sequence")
         schema.set_path(tree, "data.dataset_kwargs", Knob(value={"pad_to_max_length": True}, prov=pprov), internal, {})
         specs = schema.build({"_target_": "PackedSequenceSpecs", "packed_sequence_size": seq_length}, {}, pprov)
@@ -161,6 +181,6 @@ def expand(name: str, kwargs: dict[str, Knob], call_prov: Provenance, diags: Dia
 
 
 def _spec_value(v: Any, prov: Provenance) -> Node | Knob:
-    if isinstance(v, dict) and "_target_" in v:
-        return schema.build(v, {}, prov)
+    if (isinstance(v, dict) and "_target_" in v) or (isinstance(v, list) and any(isinstance(x, dict) and "_target_" in x for x in v)):
+        return schema.build(v, {}, prov)  # run.Config values (a DDP config, a list of callbacks) become nodes
     return Knob(value=v, prov=prov)

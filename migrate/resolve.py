@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import knowledge, recipes, schema
+from . import knowledge, nemo_release, recipes, schema
 from .diagnostics import Diagnostics, MigrateError, did_you_mean
 from .ir import Knob, Node, Provenance, find_cycle
 from .sources.launch import Launch
@@ -117,6 +117,11 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
     if fac_text is None and inp.launch is not None and inp.launch.factory is not None and \
             (module is None or module.cli is not None or not module.launches):
         fac_text, fac_prov = str(inp.launch.factory.value), inp.launch.factory.prov
+        if module is not None and module.cli is None and inp.launch.launcher != "nemo-cli":
+            diags.warning("NM356", f"{module.file} has no run.cli.main and launches nothing, so `{inp.launch.script} --factory "
+                          f"{fac_text}` runs nothing in NeMo; converted as if run.cli.main(llm.finetune) read the launch line",
+                          hint="add `run.cli.main(llm.finetune)` under `if __name__ == \"__main__\":` so that NeMo runs the job you migrate",
+                          **fac_prov.where())
     if fac_text is None and module is not None and module.cli is not None and module.default_factory is not None:
         name, line = module.default_factory
         fac_text, fac_prov = name, Provenance(kind="recipe.py", file=module.file, line=line, detail="default_factory",
@@ -161,6 +166,7 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
     if inp.nnodes is not None:
         overrides.append(Override("trainer.num_nodes", "=", inp.nnodes, Provenance(kind="cli", detail=f"--nnodes {inp.nnodes}")))
     main_names = module.names() if module else []
+    _peft_overrides_by_release(overrides, diags)
     _apply_overrides(tree, overrides, diags, main_names)
     cyc = find_cycle(tree)
     if cyc is not None:
@@ -184,6 +190,21 @@ def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None)
     if diags.has_errors:
         raise MigrateError(diags)
     return job
+
+
+def _peft_overrides_by_release(overrides: list[Override], diags: Diagnostics) -> None:
+    """NeMo >= 2.6 rejects peft.* values from --yaml / the command line (versions.yaml `peft_values_from_cli`)."""
+    if not nemo_release.holds("peft_values_from_cli"):
+        return
+    peft = [o for o in overrides if o.path.startswith("peft.") and o.prov.file]
+    if peft:
+        o = peft[0]
+        last = [r for r in nemo_release.releases() if r not in nemo_release.fact("peft_values_from_cli")["releases"]][-1]
+        diags.warning("NM117", f"this job's peft.* values from --yaml / the command line ({', '.join(x.path for x in peft[:4])}"
+                      f"{', ...' if len(peft) > 4 else ''}) are rejected by NeMo {nemo_release.current()}: "
+                      f"{nemo_release.fact('peft_values_from_cli')['what']}; the job runs on NeMo <= {last}",
+                      key=o.path, hint=f"if it ran on NeMo {last} or earlier, pass --nemo-version {last}: the migration is "
+                      "the same training either way", **o.prov.where())
 
 
 def _job(inp: Inputs, tree: Node, factory: str, factory_prov: Provenance, recipe: str | None, inputs: list[str],
@@ -222,6 +243,11 @@ def _attach_executor(tree: Node, module: RecipeModule, diags: Diagnostics) -> No
 
 def _resolve_nemo1(inp: Inputs, fmt: str, diags: Diagnostics) -> Job:
     """A NeMo 1.0 / NeMo-Aligner config: lowered into the NeMo 2 IR (same adjustments and checks afterwards)."""
+    with nemo_release.using(nemo_release.NOT_NEMO2):
+        return _lower_nemo1(inp, fmt, diags)
+
+
+def _lower_nemo1(inp: Inputs, fmt: str, diags: Diagnostics) -> Job:
     from .sources import nemo1
 
     path, display = inp.yamls[0]
@@ -301,8 +327,18 @@ def _run_factory(text: str, prov: Provenance, module: RecipeModule | None, diags
             recipe_leaf = parts[-2]
         elif recipes.info(parts[-1]) is not None:
             recipe_leaf = parts[-1]
-    elif recipes.info(name) is not None and not (module and name in module.functions):
-        recipe_leaf = name
+    elif not (module and name in module.functions):
+        # NeMo-Run's registry holds each recipe under the NAME it registers (mistral_nemo_12b -> mistral_nemo_base_12b);
+        # a launch line must use that name, nemo-migrate's own --factory also takes the module name
+        registered = nemo_release.recipe_of_cli_name(name)
+        if registered is not None and recipes.info(registered) is not None:
+            recipe_leaf = registered
+        elif recipes.info(name) is not None:
+            if prov.file and nemo_release.cli_name(name) != name:
+                diags.error("NM144", f"No matching factory for '{name}': NeMo-Run registers llm.{name} as "
+                            f"'{nemo_release.cli_name(name)}'", hint=f"--factory {nemo_release.cli_name(name)}", **prov.where())
+                raise MigrateError(diags)
+            recipe_leaf = name
     if recipe_leaf is not None:
         if module is not None and recipe_leaf in module.registered:
             pass
@@ -406,16 +442,23 @@ def _apply_overrides(tree: Node, overrides: list[Override], diags: Diagnostics, 
                     diags.error("NM143", f"'{ov.path}': {e}", key=ov.path, **where)
                     continue
             else:
-                key = schema.resolve_class(val.target or "")
-                if key is None:
+                cls, known = schema.node_class(str(val.target or ""))
+                if not known:
                     diags.warning("NM320", f"class '{val.target}' is not known to this compiler; its settings are carried but not checked",
                                   key=ov.path, **where)
-                new = Node(cls=key or str(val.target), known=key is not None, partial=val.partial, prov=ov.prov)
+                new = Node(cls=cls, known=known, partial=val.partial, prov=ov.prov)
             schema.set_path(tree, ov.path, new, diags, where)
             continue
         if isinstance(val, str):
             stripped = val.strip()
             leaf = stripped.rsplit(".", 1)[-1]
+            fac = knowledge.factories().get(stripped)
+            if fac is not None and fac.get("short_name_rejected") and ov.prov.kind in ("cli", "yaml"):
+                dotted = fac["doc"].split("::")[0].removesuffix(".py").replace("/", ".") + "." + stripped
+                diags.error("NM145", f"'{ov.path}={stripped}': NeMo-Run 0.11 does not resolve the short name of this factory here "
+                            f"(it is registered for run.Config[MegatronMixedPrecision], not for {ov.path}'s type): NeMo rejects "
+                            "the command", key=ov.path, hint=f"write the dotted path: {ov.path}={dotted}", **where)
+                continue
             if stripped in registered or ("." in stripped and leaf in knowledge.factories() and stripped.startswith("nemo.")):
                 new = schema.call_factory(leaf, {}, ov.prov)
                 schema.set_path(tree, ov.path, new, diags, where)
@@ -491,12 +534,12 @@ def adjust(job: Job, diags: Diagnostics) -> None:
                 diags.warning("NM160", "virtual pipeline size with PP == 1: NeMo forces it to None", key="trainer.strategy.virtual_pipeline_model_parallel_size",
                               **vpp.prov.where())
                 _set_adjusted(job, "trainer.strategy.virtual_pipeline_model_parallel_size", None, "VPP forced None when PP == 1")
-            pd = job.knob("trainer.strategy.pipeline_dtype")
-            if pd is not None and pd.value is not None:
-                _set_adjusted(job, "trainer.strategy.pipeline_dtype", None, "pipeline_dtype forced None when PP == 1")
+            # (_validate_config sets pipeline_dtype to None when PP == 1, but MegatronStrategy then takes the precision
+            # plugin's dtype back (megatron_strategy.py:452-473, NeMo 2.7.3), so the job ends with the plugin's value)
     sched = job.get("optim.lr_scheduler")
     ms = job.knob("trainer.max_steps")
-    if isinstance(sched, Node) and ms is not None:
+    nemo2 = not isinstance(job.get("nemo1"), Node)
+    if isinstance(sched, Node) and ms is not None and (nemo_release.holds("scheduler_max_steps") or not nemo2):
         old = sched.fields.get("max_steps")
         if not (isinstance(old, Knob) and old.value == ms.value and old.prov == ms.prov):
             who = ("ModelPT.setup_optimization passes trainer.max_steps ({}) to the LR scheduler (NeMo 1.0)" if isinstance(job.get("nemo1"), Node)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from . import knowledge
+from . import knowledge, nemo_release
 from .diagnostics import Diagnostics, did_you_mean
 from .ir import Knob, Node, Provenance
 from .sources.pyexpr import evaluate_source
@@ -81,11 +81,29 @@ def _alias_index() -> dict[str, str]:
     return idx
 
 
+# Classes the IR keeps by their own name while one signature serves them all (the model families).
+_FAMILY_KEYS = ("GPTModel", "ModelConfig")
+
+
 def spec(key: str) -> ClassSpec | None:
     s = _specs().get(key)
-    if s is None and key and key not in _specs() and model_config_class(key):
-        return _specs()["ModelConfig"]  # Llama31Config8B, Qwen2Config7B, ...: one signature for all model configs
+    if s is None and key:
+        if model_config_class(key):
+            return _specs()["ModelConfig"]  # Llama31Config8B, Qwen2Config7B, ...: one signature for all model configs
+        alias = _alias_index().get(key)
+        if alias in _FAMILY_KEYS:
+            return _specs()[alias]  # LlamaModel, Qwen2Model, Gemma2Model...: GPTModel's signature
     return s
+
+
+def node_class(dotted: str) -> tuple[str, bool]:
+    """(the IR class of a spelled class, known?): a model or model-config class keeps its own name (LlamaModel,
+    Llama3Config8B) since NeMo builds that class, other classes their classes.yaml key."""
+    key = resolve_class(dotted)
+    if key in _FAMILY_KEYS:
+        leaf = dotted.rsplit(".", 1)[-1]
+        return ((model_config_class(dotted) or key) if key == "ModelConfig" else (leaf if leaf in _alias_index() else key)), True
+    return (key or dotted), key is not None
 
 
 def model_config_class(dotted: str) -> str | None:
@@ -128,6 +146,9 @@ _TRUE = {"true", "yes", "1", "on", "t", "y"}
 _FALSE = {"false", "no", "0", "off", "f", "n"}
 
 
+_INT_BITS = 1024
+
+
 class CoerceError(ValueError):
     def __init__(self, expected: str, found: Any):
         self.expected = expected
@@ -161,6 +182,8 @@ def coerce(value: Any, fs: FieldSpec | None) -> Any:
         if isinstance(value, bool):
             raise CoerceError("int", value)
         if isinstance(value, int):
+            if value.bit_length() > _INT_BITS:  # no knob takes one; its digits would not even print
+                raise CoerceError(f"an integer of at most {_INT_BITS} bits", f"an integer of {value.bit_length()} bits")
             return value
         try:
             return int(str(value).strip())
@@ -170,7 +193,10 @@ def coerce(value: Any, fs: FieldSpec | None) -> Any:
         if isinstance(value, bool):
             raise CoerceError("float", value)
         if isinstance(value, (int, float)):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise CoerceError("float", f"an integer of {value.bit_length()} bits, beyond float range") from None
         try:
             return float(str(value).strip())
         except ValueError:
@@ -257,7 +283,13 @@ def call_factory(name: str, kwargs: dict[str, Any], prov: Provenance, root: str 
     for k, expr in (f.get("derive") or {}).items():
         plain = {n: _value_of(v) for n, v in env.items()}
         env[k] = Knob(value=evaluate_source(expr, plain), prov=dprov)
-    return build(f["tree"], env, dprov, detail_root)
+    out = build(f["tree"], env, dprov, detail_root)
+    if isinstance(out, Node):  # values of this factory that differ by NeMo release (versions.yaml)
+        for fname in list(out.fields):
+            v = nemo_release.value(f"{name}.{fname}")
+            if v is not None:
+                out.fields[fname] = Knob(value=v, prov=dprov)
+    return out
 
 
 def build(spec_: Any, env: dict[str, Any], prov: Provenance, root: str | None = None) -> Node | Knob:
@@ -271,9 +303,8 @@ def build(spec_: Any, env: dict[str, Any], prov: Provenance, root: str | None = 
         return call_factory(spec_["$factory"], kw, prov, root)
     if isinstance(spec_, dict) and "_target_" in spec_:
         target = str(spec_["_target_"])
-        key = resolve_class(target)
-        node = Node(cls=(model_config_class(target) or key) if key == "ModelConfig" else (key or target), known=key is not None,
-                partial=bool(spec_.get("_partial_")), prov=prov)
+        cls, known = node_class(target)
+        node = Node(cls=cls, known=known, partial=bool(spec_.get("_partial_")), prov=prov)
         for k, v in spec_.items():
             if k in ("_target_", "_partial_"):
                 continue
@@ -319,6 +350,9 @@ def default_knob(node: Node, name: str) -> Knob | None:
     fs = field_spec(node, name)
     if fs is None or fs.required:
         return None
+    by_release = nemo_release.value(f"{node.cls}.{name}")  # a default that differs by NeMo release (versions.yaml)
+    if by_release is not None and by_release != fs.default:
+        return Knob(value=by_release, prov=Provenance(kind="nemo-default", detail=f"{display(node)}.{name}, NeMo {nemo_release.current()}"))
     return Knob(value=fs.default, prov=Provenance(kind="nemo-default", detail=f"{display(node)}.{name}"))
 
 
@@ -394,6 +428,11 @@ def set_path(
         return False
     if not accepts(cur, leaf):
         _unknown(cur, leaf, path, diags, where, code_prefix)
+        return False
+    missing = nemo_release.parameter_missing(cur.cls, leaf) if cur.known else None
+    if missing:  # NeMo-Run checks the parameter against the signature of the release that runs the job
+        diags.error(f"{code_prefix}208", f"No parameter named '{leaf}' in this release (at '{path}'): {missing}", key=path,
+                    hint="pass --nemo-version with the release the job ran on, or drop the setting", **where)
         return False
     sp = spec(cur.cls) if cur.known else None
     if sp is not None and sp.kwargs and leaf not in sp.fields and cur.cls != "dict":

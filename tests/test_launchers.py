@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from migrate.convert import Options, convert
+from migrate.diagnostics import MigrateError
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
@@ -94,18 +95,18 @@ def test_launcher_option(tmp_path):
     assert r.returncode == 1 and "expected auto, slurm or local" in r.stderr
 
 
-def test_unsafe_sbatch_values_are_left_out_with_a_warning(tmp_path):
+def test_unsafe_sbatch_values_are_refused_and_env_values_quoted(tmp_path):
     src = (FIX / "slurm.py").read_text().replace('partition="batch"', 'partition="batch\\nrm -rf $HOME"')
-    src = src.replace('"NCCL_DEBUG": "WARN"', '"NCCL_DEBUG": "$(touch /tmp/pwned)"')
     (tmp_path / "recipe.py").write_text(src)
-    conv = convert(Options(source=tmp_path / "recipe.py"))
-    text = conv.files["sbatch.sh"]
-    assert "rm -rf" not in text and "#SBATCH --partition" not in text
-    assert any(d.code == "NM610" and "partition" in d.message for d in conv.diags.items)
+    with pytest.raises(MigrateError) as e:
+        convert(Options(source=tmp_path / "recipe.py"))
+    assert [(d.code, d.key) for d in e.value.diags.errors] == [("NM903", "executor.partition")]
+    assert e.value.diags.errors[0].file == "recipe.py" and e.value.diags.errors[0].line
+    src = (FIX / "slurm.py").read_text().replace('"NCCL_DEBUG": "WARN"', '"NCCL_DEBUG": "$(touch /tmp/pwned)"')
+    (tmp_path / "recipe.py").write_text(src)
+    text = convert(Options(source=tmp_path / "recipe.py")).files["sbatch.sh"]
     assert "export NCCL_DEBUG='$(touch /tmp/pwned)'" in text
-    r = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True)
-    assert r.returncode == 0
-
+    assert subprocess.run(["bash", "-n", "-c", text], capture_output=True).returncode == 0
 
 def test_executor_size_mismatch_follows_the_trainer(tmp_path):
     src = (FIX / "slurm.py").read_text().replace("def slurm_executor(nodes: int = 2", "def slurm_executor(nodes: int = 4")

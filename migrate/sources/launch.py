@@ -1890,7 +1890,7 @@ def _hydra_args(l: Launch, args: list[Word], diags: Diagnostics, set_keys: Colle
 
 # ---------------------------------------------------------------------------------------------- notebooks
 
-_CELL_MARK = "\x1fcell "
+_CELL_MARK = "\ue000cell "  # a private-use character: no file name has it, and messages show it unescaped
 
 
 def notebook_launch(shells: list, display: str, diags: Diagnostics, *, base: Path | None = None, is_recipe: Predicate | None = None,

@@ -326,17 +326,14 @@ def _class_key(target: str) -> str | None:
     """The IR's class name for a ``_target_`` as NeMo-Run writes it (``module.qualname``)."""
     if target == "builtins.dict":  # run.Config(dict)
         return "dict"
-    key = schema.resolve_class(target)
-    per_model = getattr(schema, "model_config_class", None)  # Llama31Config70B, ...: kept by name where schema does
-    if key == "ModelConfig" and per_model is not None:
-        return per_model(target) or key
-    return key
+    cls, known = schema.node_class(target)
+    return cls if known else None
 
 
 _BAD = object()
 # the classes a `FILE:section` export of each finetune argument starts with
 _SECTION_CLASSES = {
-    "model": ("GPTModel",), "data": ("FineTuningDataModule", "SquadDataModule", "ChatDataModule", "SFTFileDataModule"),
+    "model": tuple(sorted({"GPTModel"} | {a.rsplit(".", 1)[-1] for a in (knowledge.classes()["GPTModel"].get("aliases") or [])})), "data": tuple(sorted(k for k, c in knowledge.classes().items() if (c.get("data") or {}).get("kind"))),
     "trainer": ("Trainer",), "log": ("NeMoLogger",), "resume": ("AutoResume",), "optim": ("MegatronOptimizerModule",),
     "peft": ("LoRA", "DoRA", "CanonicalLoRA"),
 }

@@ -1557,10 +1557,10 @@ class Interpreter:
             if fn == "tokenizer" or info is None:
                 return Unknown(f"llm.{name}.{fn}()", self.prov(call))
             cfg = Node(cls=info.get("config_class") or "ModelConfig", prov=self.prov(call, f"llm.{name}.model()"))
-            model = Node(cls=schema.resolve_class(info.get("model_class") or "GPTModel") or "GPTModel", prov=cfg.prov, fields={"config": cfg})
+            model = Node(cls=schema.node_class(info.get("model_class") or "GPTModel")[0], prov=cfg.prov, fields={"config": cfg})
             model.origin = name
             return model
-        kw = dict(zip(recipes.SIGNATURE, args)) if args else {}
+        kw = dict(zip(recipes.signature(name), args)) if args else {}
         kw.update(kwargs)
         knobs: dict[str, Knob] = {}
         for k, v in kw.items():
@@ -1577,11 +1577,9 @@ class Interpreter:
 
     def make_node(self, tname: str, args: list[Any], kwargs: dict[str, Any], call: ast.Call, partial: bool) -> Node:
         key = schema.resolve_class(tname)
-        if key is None and tname.startswith("__main__."):
-            key = None
         node_prov = self.prov(call, f"run.{'Partial' if partial else 'Config'}({tname.rsplit('.', 1)[-1]})")
-        cls = (schema.model_config_class(tname) or key) if key == "ModelConfig" else (key or tname)
-        node = Node(cls=cls, known=key is not None, partial=partial, prov=node_prov)
+        cls, known = schema.node_class(tname)
+        node = Node(cls=cls, known=known, partial=partial, prov=node_prov)
         sink = self.node_diags(node)
         where = self.where(call)
         if key is None:

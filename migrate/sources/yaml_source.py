@@ -10,6 +10,7 @@ plain data is accepted (no tags), duplicate keys are errors and alias expansion 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,18 +64,13 @@ def _construct(kind: str, text: str) -> Any:
         return text.lower() in ("true", "yes", "on")
     if kind == "int":
         t = text.replace("_", "")
-        sign = -1 if t.startswith("-") else 1
-        body = t.lstrip("+-")
-        if body[:2].lower() in ("0x", "0o", "0b"):
-            return sign * int(body, 0)
-        if ":" in body:  # YAML 1.1 sexagesimal
-            v = 0
-            for part in body.split(":"):
-                v = v * 60 + int(part)
-            return sign * v
-        if len(body) > 1 and body.startswith("0"):  # YAML 1.1 octal
-            return sign * int(body, 8)
-        return sign * int(body)
+        if len(t) > MAX_INT_TEXT:  # before converting: int() of a long string is slow and capped at 4,300 digits
+            raise ValueError(f"an integer of {len(t):,} characters is far beyond any training setting")
+        v = _int(t)
+        if v.bit_length() > MAX_INT_BITS:
+            raise ValueError(f"{v.bit_length():,} bits is beyond any training setting (a float holds at most about 1.8e308, "
+                             "and converting it fails)")
+        return v
     if kind == "float":
         t = text.replace("_", "").lower()
         if t in (".inf", "+.inf"):
@@ -90,6 +86,26 @@ def _construct(kind: str, text: str) -> Any:
             return -v if t.startswith("-") else v
         return float(t)
     return text
+
+
+MAX_INT_TEXT = 1_100  # characters of an int literal (1,024 binary digits and a prefix)
+MAX_INT_BITS = 1_024  # a larger int cannot even be converted to a float
+
+
+def _int(t: str) -> int:
+    """A YAML 1.1 int literal (underscores removed): decimal, 0x/0o/0b, 0-prefixed octal, sexagesimal."""
+    sign = -1 if t.startswith("-") else 1
+    body = t.lstrip("+-")
+    if body[:2].lower() in ("0x", "0o", "0b"):
+        return sign * int(body, 0)
+    if ":" in body:  # YAML 1.1 sexagesimal
+        v = 0
+        for part in body.split(":"):
+            v = v * 60 + int(part)
+        return sign * v
+    if len(body) > 1 and body.startswith("0"):  # YAML 1.1 octal
+        return sign * int(body, 8)
+    return sign * int(body)
 
 
 def _mark(node: Any) -> tuple[int | None, int | None]:
@@ -110,9 +126,11 @@ class _Builder:
         if tag.startswith(_STD) and tag[len(_STD):] in ("str", "int", "float", "bool", "null", "timestamp"):
             try:
                 return _construct(tag[len(_STD):], str(node.value))
-            except ValueError:
+            except ValueError as e:
                 line, col = _mark(node)
-                raise YamlError(f"cannot read {node.value!r} as {tag[len(_STD):]}", line, col) from None
+                text = str(node.value)
+                shown = repr(text) if len(text) <= 60 else repr(text[:40] + "...")
+                raise YamlError(f"cannot read {shown} as {tag[len(_STD):]}" + (f": {e}" if "training setting" in str(e) else ""), line, col) from None
         if tag in ("!", ""):
             return str(node.value)
         line, col = _mark(node)
@@ -261,16 +279,22 @@ def _compose(path: Path, display: str, diags: Diagnostics, code: str) -> Any:
     y.Resolver = _resolver_class()
     y.version = (1, 1)  # PyYAML / OmegaConf resolve plain scalars with YAML 1.1 rules (yes/no/on/off are booleans)
     try:
-        if len(text) > 2 * MAX_NODES:  # could hold more values than any config has: count events before building nodes
-            from ruamel.yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+        if len(text) > 2 * MAX_NODES or _maybe_deep(text):
+            # could hold more values than any config has, or nest deeper than the composer's C recursion survives (a
+            # segmentation fault): count values and depth on the event stream (iterative) before building nodes
+            from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
-            n = 0
+            n = depth = 0
             for ev in y.parse(text):
-                if isinstance(ev, (ScalarEvent, CollectionStartEvent, AliasEvent)):
+                if isinstance(ev, CollectionEndEvent):
+                    depth -= 1
+                elif isinstance(ev, (ScalarEvent, CollectionStartEvent, AliasEvent)):
                     n += 1
-                    if n > MAX_NODES:
+                    depth += isinstance(ev, CollectionStartEvent)
+                    if n > MAX_NODES or depth > MAX_DEPTH:
                         m = ev.start_mark
-                        diags.error(code, f"more than {MAX_NODES} YAML values; refusing to continue (a NeMo config has a few hundred)",
+                        diags.error(code, f"more than {MAX_NODES} YAML values; refusing to continue (a NeMo config has a few hundred)"
+                                    if n > MAX_NODES else f"nesting deeper than {MAX_DEPTH} levels",
                                     file=display, line=m.line + 1 if m else None, col=m.column + 1 if m else None)
                         return None
         return y.compose(text) if text.strip() else None
@@ -286,6 +310,15 @@ def _compose(path: Path, display: str, diags: Diagnostics, code: str) -> Any:
     except RecursionError:
         diags.error(code, "YAML nesting is too deep", file=display)
     return None
+
+
+_DEEP_INDENT = re.compile(r"^[ \t-]{%d,}" % MAX_DEPTH, re.M)
+
+
+def _maybe_deep(text: str) -> bool:
+    """Whether ``text`` could nest more than MAX_DEPTH levels: many flow brackets, or a line indented (or opened with
+    '- - -') that far.  Cheap; the event scan decides."""
+    return text.count("[") + text.count("{") > MAX_DEPTH or _DEEP_INDENT.search(text) is not None
 
 
 def load_yaml_file(path: Path, display: str, diags: Diagnostics, code: str = "NM101") -> Any:
