@@ -32,9 +32,11 @@ setup-dev: $(DEVSTAMP)
 example: setup
 	$(BIN)/nemo-migrate convert golden/seed/input -o $(OUT) --force
 
-test: setup-dev
+# every test, the golden check, then the source oracle (real NeMo 2.7.3 judges every job; nemo-check below)
+test: setup-dev nemo-venv
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m migrate.golden check
+	$(NEMO_VENV)/bin/python tools/nemo_oracle/check.py --project-python $(BIN)/python --no-write
 
 golden: setup
 	$(BIN)/python -m migrate.golden check
