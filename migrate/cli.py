@@ -222,6 +222,39 @@ def convert_data(
     _out().info_line(f"wrote {n} rows to {shown(dest)}")
 
 
+@app.command(name="convert-checkpoint")
+def convert_checkpoint(
+    src: Path = typer.Argument(..., help="A NeMo 2 checkpoint directory (context/ + weights/): a model or a LoRA adapter checkpoint, "
+                               "or a run's checkpoints/ folder holding one."),
+    out: Path = typer.Option(..., "-o", "--out", help="The Hugging Face directory to write (a model, or a PEFT adapter)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the checkpoint's params_dtype)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Hugging Face tokenizer files to write (default: the checkpoint's context/nemo_tokenizer)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Adapters: base_model_name_or_path for adapter_config.json (the converted base)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    json_: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Convert a NeMo 2 checkpoint (or LoRA adapter checkpoint) to Hugging Face format, without NeMo; needs torch."""
+    from .checkpoint import convert as do_convert
+    from .diagnostics import MigrateError
+
+    c = _out()
+    try:
+        res = do_convert(src, out, dtype=dtype, tokenizer=tokenizer, base_model=base_model, force=force,
+                         log=(lambda m: None) if json_ else c.info_line)
+    except MigrateError as e:
+        c.fail(e.diags, json_mode=json_)
+        raise typer.Exit(1)
+    if json_:
+        c.print_json(res.to_json())
+        return
+    c.diagnostics(res.diags)
+    what = "PEFT adapter" if res.kind == "peft" else "model"
+    c.info_line(f"converted the {res.arch} {what} {res.source} -> {res.out}: {res.tensors} tensors, {res.bytes / 2**20:.1f} MiB "
+                f"{res.dtype} ({', '.join(res.files)})")
+    for n in res.notes:
+        c.info_line(f"  note: {n}")
+
+
 _JOB_FILES = (".yaml", ".yml", ".json", ".toml", ".py", ".ipynb", ".sh", ".sbatch")
 
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import knowledge, recipes, schema
+from . import checkpoint, knowledge, recipes, schema
 from .ir import Knob, Node
 from .rules import Ctx, Result
 
@@ -61,17 +61,34 @@ def model_info(ctx: Ctx) -> dict[str, Any]:
     elif isinstance(path, str) and path:
         guess, score = guess_hf_id(path, rinfo.get("hf_id"))
         info.update(id=guess, how="guess", score=score)
+        ckpt, info["unreadable"] = _local_checkpoint(path)
+        if ckpt is not None:  # the checkpoint is here: convert-checkpoint makes the HF directory the job starts from
+            info.update(id=checkpoint.default_output(path), how="local", guessed=guess, arch=ckpt.arch, known=checkpoint.shape(ckpt))
     elif rinfo.get("hf_id"):
         info.update(id=rinfo["hf_id"], how="recipe")
     models = knowledge.models()
-    m = models["models"].get(info["id"] or "", {})
+    m = models["models"].get(info.get("guessed") or info["id"] or "", {})
     info["family"] = m.get("family") or rinfo.get("family") or "llama"
     shape = m.get("shape")
     if shape is None and rinfo.get("hf_id") in models["models"]:
         shape = models["models"][rinfo["hf_id"]].get("shape")
     info["shape"] = models["llama_shapes"].get(shape) if shape else None
+    if info.get("known"):  # the checkpoint's own family and shape
+        info["family"], info["shape"] = info["known"]
     ctx.cache["model"] = info
     return info
+
+
+def _local_checkpoint(path: str) -> tuple[Any, str | None]:
+    """The NeMo 2 model checkpoint at ``path`` when it is readable on this machine and convertible, else why not."""
+    if not checkpoint.looks_like_checkpoint(path):
+        return None, "not a NeMo 2 checkpoint directory on this machine (it usually lives on the cluster)"
+    ckpt, diags = checkpoint.inspect(path)
+    if diags.has_errors or ckpt is None:
+        return None, "convert-checkpoint cannot convert it: " + (diags.errors[0].message if diags.errors else "unreadable")
+    if ckpt.peft is not None:
+        return None, "it is a LoRA adapter checkpoint, not a model"
+    return ckpt, None
 
 
 def _norm_name(s: str) -> str:
@@ -133,6 +150,11 @@ def model_from_restore(ctx: Ctx) -> Result | None:
         if isinstance(path, str) and path.startswith("nemo://") and path[7:] != info["id"]:
             return Result("approximate", f"--model {info['id']} replaces the recipe's {path}")
         return None
+    if info["how"] == "local":
+        ctx.set("model.pretrained_model_name_or_path", info["id"], "resume.restore_config.path", note=f"{path} converted by the pre-step")
+        ctx.note("pre-step", _export_step(path, runnable=True))
+        return Result("exact", f"the NeMo 2 {info['arch']} checkpoint {path} is on this machine: `nemo-migrate convert-checkpoint` "
+                      f"(run.sh pre-step) converts its own weights to {info['id']}, which the job loads")
     if info["how"] in ("nemo", "hf", "recipe"):
         ctx.set("model.pretrained_model_name_or_path", info["id"], "resume.restore_config.path")
         if info["how"] == "hf":
@@ -146,9 +168,11 @@ def model_from_restore(ctx: Ctx) -> Result | None:
     ctx.diags.warning(
         "NM502",
         f"restore path '{path}' is a local NeMo {'1.0 (.nemo)' if str(path).endswith('.nemo') else '2'} checkpoint, which Automodel cannot load; "
-        f"guessed the HF model '{info['id']}' from its name (similarity {info.get('score', 0):.2f})",
+        f"guessed the HF model '{info['id']}' from its name (similarity {info.get('score', 0):.2f})"
+        + (f"; not converted: {info['unreadable']}" if info.get("unreadable") and not str(path).endswith(".nemo") else ""),
         key="resume.restore_config.path",
-        hint="if the checkpoint holds weights of your own, export it to HF format (see the report's pre-step) and pass --model <that directory>",
+        hint="if the checkpoint holds weights of your own, export it to HF format (see the report's pre-step) and pass --model <that directory>"
+             + ("" if str(path).endswith(".nemo") else ", or convert the job where the checkpoint is readable"),
         **(kn.prov.where() if kn else {}),
     )
     ctx.note("pre-step", _export_step(path))
@@ -157,14 +181,19 @@ def model_from_restore(ctx: Ctx) -> Result | None:
                   f"'{info['id']}' was guessed from the directory name" + (f" (the recipe's own id is {rhf})" if rhf and rhf != info["id"] else ""))
 
 
-def _export_step(path: str) -> str:
+def _export_step(path: str, runnable: bool = False) -> str:
+    if runnable:  # run.sh / sbatch.sh run it when CONVERT_CHECKPOINT=1
+        cmd = checkpoint.command(path, checkpoint.default_output(path))
+        return checkpoint.Command(f"convert the NeMo 2 checkpoint to Hugging Face format (once; no NeMo needed, `pip install "
+                                  f"'nemo-migrate[runtime]'`): {cmd}   (run.sh / sbatch.sh run it first when CONVERT_CHECKPOINT=1)", cmd.argv)
     if path.endswith(".nemo"):
         out = path[: -len(".nemo")] + "-hf"
         return ("convert the NeMo 1.0 .nemo checkpoint to Hugging Face format with NeMo's converter for its family (once, where NeMo is "
                 f"installed), e.g. for Llama:  python NeMo/scripts/checkpoint_converters/convert_llama_nemo_to_hf.py --input_name_or_path "
                 f"{path} --output_path {out}  then convert with --model {out}")
-    return ("export the NeMo 2 checkpoint to Hugging Face format with NeMo (once, where NeMo is installed):  "
-            f"python -c \"from nemo.collections import llm; llm.export_ckpt(path='{path}', target='hf', output_path='{path.rstrip('/')}-hf')\""
+    return (f"convert the NeMo 2 checkpoint to Hugging Face format where it is readable (once; no NeMo needed):  "
+            f"{checkpoint.command(path, checkpoint.default_output(path))}  (or with NeMo installed: "
+            f"python -c \"from nemo.collections import llm; llm.export_ckpt(path='{path}', target='hf', output_path='{path.rstrip('/')}-hf')\")"
             f"  then convert with --model {path.rstrip('/')}-hf")
 
 

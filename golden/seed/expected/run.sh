@@ -3,7 +3,7 @@
 # Usage: bash run.sh <fp16|fp8> [--section.key value ...]
 #   Extra arguments are Automodel overrides (e.g. --step_scheduler.max_steps 10).
 #   NPROC_PER_NODE and NNODES override the process counts; multi-node runs need NODE_RANK and MASTER_ADDR.
-# Before the first run: export the NeMo 2 checkpoint to Hugging Face format with NeMo (once, where NeMo is installed):  python -c "from nemo.collections import llm; llm.export_ckpt(path='/mount/models/llama-3_3-70b-instruct_v0.0.1', target='hf', output_path='/mount/models/llama-3_3-70b-instruct_v0.0.1-hf')"  then convert with --model /mount/models/llama-3_3-70b-instruct_v0.0.1-hf
+# Before the first run: convert the NeMo 2 checkpoint to Hugging Face format where it is readable (once; no NeMo needed):  nemo-migrate convert-checkpoint /mount/models/llama-3_3-70b-instruct_v0.0.1 -o /mount/models/llama-3_3-70b-instruct_v0.0.1-hf  (or with NeMo installed: python -c "from nemo.collections import llm; llm.export_ckpt(path='/mount/models/llama-3_3-70b-instruct_v0.0.1', target='hf', output_path='/mount/models/llama-3_3-70b-instruct_v0.0.1-hf')")  then convert with --model /mount/models/llama-3_3-70b-instruct_v0.0.1-hf
 set -euo pipefail
 # no cd: relative paths in the config resolve against the directory you launch from, as they did for NeMo
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
