@@ -6,21 +6,21 @@ OUT    ?= out/seed
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev example test golden golden-update bench bench-convert bench-limits fuzz clean
+.PHONY: setup setup-dev example test wheel-check golden golden-update bench bench-convert bench-limits fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e . --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q -e .
 	$(BIN)/python -m compileall -q migrate
 	touch $@
 
 $(DEVSTAMP): $(STAMP) requirements/automodel-check.txt requirements/automodel-check-nodeps.txt requirements/runtime.txt
 	$(BIN)/python -m pip install -q -r requirements/automodel-check.txt
 	$(BIN)/python -m pip install -q -r requirements/runtime.txt
-	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements/automodel-check-nodeps.txt
 	touch $@
 
@@ -35,15 +35,20 @@ example: setup
 # every test, the golden check, then the source oracle (real NeMo 2.7.3 judges every job; nemo-check below)
 test: setup-dev nemo-venv
 	$(BIN)/python -m pytest -q
-	$(BIN)/python -m migrate.golden check
+	$(BIN)/python -m nemo_migrate.golden check
+	$(BIN)/python tools/wheel_check.py
 	$(NEMO_VENV)/bin/python tools/nemo_oracle/check.py --project-python $(BIN)/python --no-write
 	$(MAKE) --no-print-directory ckpt-check
 
+# what an installed user gets: the built wheel in a fresh venv converts every golden case byte for byte
+wheel-check: setup
+	$(BIN)/python tools/wheel_check.py
+
 golden: setup
-	$(BIN)/python -m migrate.golden check
+	$(BIN)/python -m nemo_migrate.golden check
 
 golden-update: setup
-	$(BIN)/python -m migrate.golden update
+	$(BIN)/python -m nemo_migrate.golden update
 
 bench-convert: setup
 	$(BIN)/python bench/convert_speed.py

@@ -25,7 +25,7 @@ RUNS = int(os.environ.get("RUNS", "15"))
 
 def cli() -> list[str]:
     exe = shutil.which("nemo-migrate", path=str(Path(sys.executable).parent)) or shutil.which("nemo-migrate")
-    return [exe] if exe else [sys.executable, "-m", "migrate.cli"]
+    return [exe] if exe else [sys.executable, "-m", "nemo_migrate.cli"]
 
 
 def phases() -> dict[str, float]:
@@ -36,10 +36,10 @@ T=[('start', time.perf_counter())]
 os.environ.setdefault('PYDANTIC_DISABLE_PLUGINS', '__all__')
 import typer; T.append(('import typer', time.perf_counter()))
 import pydantic; from pydantic import BaseModel; T.append(('import pydantic', time.perf_counter()))
-import migrate.ir; T.append(('migrate.ir models', time.perf_counter()))
+import nemo_migrate.ir; T.append(('nemo_migrate.ir models', time.perf_counter()))
 import jinja2; T.append(('import jinja2', time.perf_counter()))
 import ruamel.yaml; T.append(('import ruamel.yaml', time.perf_counter()))
-from migrate.convert import Options, convert; T.append(('import rest of migrate', time.perf_counter()))
+from nemo_migrate.convert import Options, convert; T.append(('import rest of migrate', time.perf_counter()))
 c = convert(Options(source=Path(%r))); T.append(('first conversion', time.perf_counter()))
 c = convert(Options(source=Path(%r))); T.append(('warm conversion', time.perf_counter()))
 print(json.dumps({b: round(1000*(t1-t0), 1) for (a, t0), (b, t1) in zip(T, T[1:])}))

@@ -113,7 +113,7 @@ CASES = {
 
 
 def command(path: Path, out: Path, uses_seed_recipe: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "migrate.cli", "convert", str(path), "-o", str(out), "--force", "-q"]
+    cmd = [sys.executable, "-m", "nemo_migrate.cli", "convert", str(path), "-o", str(out), "--force", "-q"]
     if uses_seed_recipe:
         cmd += ["--recipe", str(SEED / "recipe.py"), "--factory", "migration_recipe()"]
     return cmd

@@ -104,7 +104,7 @@ def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out
     work.mkdir(parents=True, exist_ok=True)
     cfgd = config_for(shape_dir, variant, seq, work)
     (work / "config.yaml").write_text(yaml.safe_dump(cfgd, sort_keys=False))
-    cmd = [sys.executable, "-m", "migrate.cli", "run", str(work / "config.yaml"), "--out", str(work / "run"),
+    cmd = [sys.executable, "-m", "nemo_migrate.cli", "run", str(work / "config.yaml"), "--out", str(work / "run"),
            "--stop-after", str(steps)] + (["--nproc-per-node", str(nproc)] if nproc > 1 else [])
     t0 = time.time()
     try:

@@ -42,7 +42,7 @@ def main() -> int:
         extra += ["--nproc-per-node", sys.argv[sys.argv.index("--nproc-per-node") + 1]]
     if variant == "fp8":
         conv = work / "converted"
-        subprocess.run([sys.executable, "-m", "migrate.cli", "convert", target[0], "--recipe", target[2], "--factory", target[4],
+        subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", target[0], "--recipe", target[2], "--factory", target[4],
                         "-o", str(conv), "--force"], check=True, stdout=subprocess.DEVNULL)
         from ruamel.yaml import YAML
 
@@ -56,7 +56,7 @@ def main() -> int:
         with (work / "migrated-fp8-runtime.yaml").open("w") as fh:
             y.dump(doc, fh)
         extra += ["--migrated", str(work / "migrated-fp8-runtime.yaml")]
-    cmd = [sys.executable, "-m", "migrate.cli", "run", "--verify", *target, "--proxy-model", proxy,
+    cmd = [sys.executable, "-m", "nemo_migrate.cli", "run", "--verify", *target, "--proxy-model", proxy,
            "--steps", steps, "--data", str(data), "--out", str(work / "verify"), "--jobs", jobs, *extra]
     print("command: nemo-migrate " + " ".join(cmd[3:]), flush=True)
     r = subprocess.run(cmd, text=True)

@@ -193,7 +193,7 @@ def run(
         else:
             c.verify_report(report, out or Path("verify"))
         raise typer.Exit(code)
-    from runtime.api import RunOptions, run_main  # lazily: convert/diff never import torch
+    from nemo_migrate.runtime.api import RunOptions, run_main  # lazily: convert/diff never import torch
 
     code = run_main(RunOptions(config=config, nproc_per_node=nproc_per_node, max_steps=max_steps, model_path=model_path,
                                proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge, stop_after=stop_after,

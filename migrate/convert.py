@@ -559,7 +559,7 @@ def _report(variants: list[Variant], diags: Diagnostics, source: str, release: s
 # SIGINT/SIGTERM/SIGHUP during 2 stop the write and remove the staging directory; during 4 they wait for the renames.
 
 STAGING_PREFIX = ".nemo-migrate-staging-"
-LOCK_NAME = ".nemo-migrate.lock"
+LOCK_NAME = ".nemo-nemo_migrate.lock"
 MANIFEST = "manifest.json"
 LOCK_TIMEOUT_S = 60.0  # NEMO_MIGRATE_LOCK_TIMEOUT overrides
 

@@ -2,7 +2,7 @@
 
 Each side is a NeMo 2 job (compiled with the rule table, so every value keeps its NeMo provenance and the bucket of
 its rule) or an Automodel YAML (read as 0.7 reads it, absent keys filled with 0.7's defaults).  Both are reduced to
-the facts of :mod:`migrate.semantics` and compared fact by fact: same / differs / approximate (equal after a mapping
+the facts of :mod:`nemo_migrate.semantics` and compared fact by fact: same / differs / approximate (equal after a mapping
 the rule table marks approximate: a known, explained difference) / only one side.  Automodel-side validity findings
 (keys 0.7 ignores or rejects) are reported with them.  Exit: 0 no semantic difference, 2 differences, 1 error.
 """

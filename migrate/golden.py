@@ -2,7 +2,7 @@
 one per line), and ``golden/<case>/expected`` (what ``nemo-migrate convert`` must write).  A case with a ``diff`` file
 (``LEFT RIGHT`` paths under input/) is a ``nemo-migrate diff`` case: expected/diff.txt and expected/diff.json.
 
-``python -m migrate.golden check`` fails on any drift (``make golden``); ``python -m migrate.golden update`` regenerates
+``python -m nemo_migrate.golden check`` fails on any drift (``make golden``); ``python -m nemo_migrate.golden update`` regenerates
 (``make golden-update``).
 """
 

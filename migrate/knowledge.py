@@ -20,7 +20,7 @@ _HERE = Path(__file__).resolve().parent
 
 
 def _find(dirname: str) -> Path:
-    for cand in (_HERE.parent / dirname, _HERE / "_data" / dirname):
+    for cand in (_HERE / "_data" / dirname, _HERE.parent / dirname):  # installed wheel, then the checkout
         if cand.is_dir():
             return cand
     raise FileNotFoundError(f"nemo-migrate data folder '{dirname}' not found next to {_HERE}")

@@ -3,7 +3,7 @@
 * class lookup from the spellings recipe.py uses (``llm.FineTuningDataModule``, ``nl.MegatronStrategy``);
 * NeMo-Run value parsing by the parameter's annotation (``int('4')``, bool words, ``Literal`` exact match,
   ``Any`` via ``ast.literal_eval``);
-* factory expansion (mappings/nemo2/factories.yaml) into :class:`~migrate.ir.Node` trees;
+* factory expansion (mappings/nemo2/factories.yaml) into :class:`~nemo_migrate.ir.Node` trees;
 * ``set_path``: ``recipe.a.b = v`` / ``a.b=v`` with NeMo-Run's rules (unknown parameter -> "No parameter named",
   a plain dict cannot take dotted keys, a None parent cannot either).
 """

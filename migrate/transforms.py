@@ -1,7 +1,7 @@
 """The named transforms of mappings/rules.yaml.
 
-Each function receives the rule context (:class:`migrate.rules.Ctx`), writes Automodel values with ``ctx.set`` and
-may refine the row's bucket by returning a :class:`~migrate.rules.Result`.  Facts are cited in the rows.
+Each function receives the rule context (:class:`nemo_migrate.rules.Ctx`), writes Automodel values with ``ctx.set`` and
+may refine the row's bucket by returning a :class:`~nemo_migrate.rules.Result`.  Facts are cited in the rows.
 """
 
 from __future__ import annotations

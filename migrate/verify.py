@@ -334,7 +334,7 @@ def _run_leg(name: str, cfg: dict, work: Path, opts: VerifyOptions, log) -> dict
     leg_dir.mkdir(parents=True, exist_ok=True)
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     (leg_dir / "config.yaml").write_text(_yaml_dump(cfg))
-    cmd = [sys.executable, "-m", "migrate.cli", "run", str(leg_dir / "config.yaml"), "--out", str(leg_dir / "run"),
+    cmd = [sys.executable, "-m", "nemo_migrate.cli", "run", str(leg_dir / "config.yaml"), "--out", str(leg_dir / "run"),
            "--stop-after", str(opts.steps), "--nproc-per-node", str(opts.nproc_per_node)]
     if opts.model_path:
         cmd += ["--model-path", str(opts.model_path)]
@@ -411,7 +411,7 @@ def run_verify(opts: VerifyOptions, log=print) -> tuple[int, dict]:
 
 
 def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> dict[str, Any]:
-    from runtime.tokenizer import train_local_tokenizer
+    from nemo_migrate.runtime.tokenizer import train_local_tokenizer
 
     job = v.job
     vdir.mkdir(parents=True, exist_ok=True)
@@ -447,7 +447,7 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> dict[st
     family = "llama"
     if opts.against == "automodel" and opts.model_path is None:
         # Automodel loads weights from disk: save the proxy once and let every leg (runtime and Automodel) load it
-        from runtime.models import save_proxy
+        from nemo_migrate.runtime.models import save_proxy
 
         mdir = vdir / "proxy-model"
         if not (mdir / "config.json").is_file():
@@ -628,8 +628,8 @@ def _against_automodel(base: dict, dropout0: dict | None, legs: dict[str, dict],
 
 def _tokenization_parity(rows: list[dict], tok, migrated: dict, nemo: list[dict], seq_len: int) -> dict[str, Any]:
     """The first samples as NeMo tokenizes them vs as the migrated dataset does (runtime = Automodel 0.7 rules)."""
-    from runtime.data import ColumnMappedDataset, mapped_texts
-    from runtime.tokenizer import EnforcedTokenizer
+    from nemo_migrate.runtime.data import ColumnMappedDataset, mapped_texts
+    from nemo_migrate.runtime.tokenizer import EnforcedTokenizer
 
     ds = migrated.get("dataset") or {}
     tcfg = ds.get("tokenizer") or {}
@@ -666,7 +666,7 @@ def _lr_check(migrated: dict, nemo_values: list[float], steps: int) -> dict[str,
     """The migrated config's LR at every step (the runtime's 0.7 scheduler, built standalone) vs NeMo's formula."""
     import torch
 
-    from runtime.optim import build_lr_scheduler
+    from nemo_migrate.runtime.optim import build_lr_scheduler
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=float((migrated.get("optimizer") or {}).get("lr", 1e-3)))

@@ -2,7 +2,7 @@
 
 The migrated leg of ``run --verify`` is the bundled runtime executing Automodel 0.7's semantics.  This checks that
 runtime itself: the same YAML goes to ``nemo_automodel.recipes.llm.train_ft.TrainFinetuneRecipeForNextTokenPrediction``
-(started by ``torchrun -m migrate.verify_automodel``, i.e. :func:`main`), from the same weights (a proxy is saved to
+(started by ``torchrun -m nemo_migrate.verify_automodel``, i.e. :func:`main`), from the same weights (a proxy is saved to
 disk first, and every leg loads it), the same data file, tokenizer and seed, and the same initial LoRA A and B (the
 reference leg's step-0 adapters are copied into Automodel's ``LinearLoRA`` modules after ``setup()``).  Nothing of
 Automodel is patched: the leg only stops the loop after ``--steps`` optimizer steps (``step_scheduler.max_steps`` is
@@ -109,7 +109,7 @@ def inspect_model(model) -> dict[str, Any]:
             lora.append(name)
         if type(m).__name__ == "Float8Linear":
             fp8.append(name)
-    from runtime.models import count_params
+    from nemo_migrate.runtime.models import count_params
 
     total, trainable = count_params(model)
     trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -131,7 +131,7 @@ def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | N
     (leg_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=1000))
     report = leg_dir / "automodel-leg.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "migrate.verify_automodel", str(leg_dir / "config.yaml"), "--steps", str(steps), "--report", str(report)]
+           "-m", "nemo_migrate.verify_automodel", str(leg_dir / "config.yaml"), "--steps", str(steps), "--report", str(report)]
     if init_adapter is not None:
         cmd += ["--init-adapter", str(init_adapter)]
     log(f"leg {name} (Automodel {AUTOMODEL_VERSION}): torchrun {' '.join(shlex.quote(c) for c in cmd[3:])}")
@@ -255,7 +255,7 @@ def _assign(p, value) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m migrate.verify_automodel",
+    ap = argparse.ArgumentParser(prog="python -m nemo_migrate.verify_automodel",
                                  description="Train an Automodel 0.7 YAML with Automodel's own llm/train_ft recipe (under torchrun).")
     ap.add_argument("config")
     ap.add_argument("--steps", type=int, required=True)

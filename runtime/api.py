@@ -191,8 +191,8 @@ def launch_torchrun(spec, cfg, run_dir: Path, opts: RunOptions, tok_path, tok_no
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.nproc_per_node)))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = [sys.executable, "-m", "runtime.launch", "--standalone", "--nproc-per-node",
-           str(opts.nproc_per_node), "-m", "runtime.worker", str(lf)]
+    cmd = [sys.executable, "-m", "nemo_migrate.runtime.launch", "--standalone", "--nproc-per-node",
+           str(opts.nproc_per_node), "-m", "nemo_migrate.runtime.worker", str(lf)]
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:

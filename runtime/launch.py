@@ -1,4 +1,4 @@
-"""A quiet torchrun: ``python -m runtime.launch <torchrun args>``.
+"""A quiet torchrun: ``python -m nemo_migrate.runtime.launch <torchrun args>``.
 
 Same as ``python -m torch.distributed.run``, but a failed worker (which already printed its own one-paragraph
 error on rank 0) ends the launch with that worker's exit code instead of torchrun's ChildFailedError traceback.

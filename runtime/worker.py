@@ -1,4 +1,4 @@
-"""torchrun entry: ``python -m torch.distributed.run ... -m runtime.worker RUN_DIR/.launch/launch.json``."""
+"""torchrun entry: ``python -m torch.distributed.run ... -m nemo_migrate.runtime.worker RUN_DIR/.launch/launch.json``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m runtime.worker LAUNCH_JSON", file=sys.stderr)
+        print("usage: python -m nemo_migrate.runtime.worker LAUNCH_JSON", file=sys.stderr)
         return 2
     payload = json.loads(Path(argv[0]).read_text())
     from .spec import Spec

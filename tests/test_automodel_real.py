@@ -85,7 +85,7 @@ def test_realworld_config_accepted_by_automodel(name, command, tmp_path, monkeyp
 
     from typer.testing import CliRunner
 
-    from migrate.cli import app
+    from nemo_migrate.cli import app
 
     work = tmp_path / "case"
     shutil.copytree(REALWORLD / name / "input", work / "input")

@@ -27,15 +27,15 @@ from typing import Any, Callable
 
 import pytest
 
-from migrate.diagnostics import MigrateError
+from nemo_migrate.diagnostics import MigrateError
 
-from migrate import automodel_rules as rules
-from migrate.automodel_rules import check_config, check_targets, rejections
-from migrate.convert import Options, convert
-from migrate.diff import _world_from_run_sh
-from migrate.golden import cases as golden_cases
-from migrate.golden import options_for
-from migrate.ir import Provenance
+from nemo_migrate import automodel_rules as rules
+from nemo_migrate.automodel_rules import check_config, check_targets, rejections
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diff import _world_from_run_sh
+from nemo_migrate.golden import cases as golden_cases
+from nemo_migrate.golden import options_for
+from nemo_migrate.ir import Provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 DELETE = object()
@@ -361,7 +361,7 @@ def test_golden_jobs_compile_to_configs_that_pass(case):
 
 
 def test_diff_guide_is_unchanged():
-    from migrate.golden import render
+    from nemo_migrate.golden import render
 
     case = ROOT / "golden" / "diff-guide"
     for name, text in render(case).items():
@@ -371,7 +371,7 @@ def test_diff_guide_is_unchanged():
 def test_diff_reports_the_new_checks(tmp_path):
     import yaml
 
-    from migrate.diff import run_diff
+    from nemo_migrate.diff import run_diff
 
     bad = mutate(BASE, {"step_scheduler.val_every_steps": 0, "peft.dropout": 1.5})
     for name, cfg in (("a.yaml", BASE), ("b.yaml", bad)):

@@ -41,12 +41,12 @@ pytest.importorskip("safetensors")
 def cli(*args, env=None):
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "migrate.cli", *map(str, args)], capture_output=True, text=True, env=e)
+    return subprocess.run([sys.executable, "-m", "nemo_migrate.cli", *map(str, args)], capture_output=True, text=True, env=e)
 
 
 def convert(src, out, **kw):
     """In-process (the CLI's own path is covered by the tests that run `nemo-migrate convert-checkpoint`)."""
-    from migrate.checkpoint import convert as do_convert
+    from nemo_migrate.checkpoint import convert as do_convert
 
     return do_convert(Path(src), Path(out), **kw)
 
@@ -162,7 +162,7 @@ def test_fused_lora_split_is_exact_for_the_forward(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from migrate.checkpoint import Reader
+    from nemo_migrate.checkpoint import Reader
 
     case = "llama-gqa-fp32"
     base, adapter = tmp_path / "base", tmp_path / "adapter"
@@ -260,7 +260,7 @@ def _chunks(fqn: str, shape: tuple, tp: int) -> list:
 def training_run(tmp: Path, case: str = "llama-gqa-fp32", tp: int = 2, pad_vocab: int = 40) -> Path:
     """<run>/checkpoints/<name>--val_loss=...-step=99-consumed_samples=800.0-last/ as a NeMo 2 fine-tuning run leaves it:
     the model weights in TP chunks (vocabulary padded), Adam moments and fp32 master weights, TE _extra_state bytes."""
-    from migrate.checkpoint import Reader
+    from nemo_migrate.checkpoint import Reader
 
     rd = Reader(FIX / case / "ckpt/weights")
     full = {k: rd.read(k) for k in rd.tensors}
@@ -291,7 +291,7 @@ def training_run(tmp: Path, case: str = "llama-gqa-fp32", tp: int = 2, pad_vocab
 
 def test_training_run_layout_converts_to_the_same_model(tmp_path):
     step = training_run(tmp_path)
-    from migrate.checkpoint import Reader
+    from nemo_migrate.checkpoint import Reader
 
     rd = Reader(step / "weights")
     qkv = rd.tensors["module.decoder.layers.self_attention.linear_qkv.weight"]
@@ -320,7 +320,7 @@ def test_bf16_output_and_sharding(tmp_path):
     ref = tensors(FIX / "qwen2-bias/nemo-export")
     assert all(torch.equal(t[k], ref[k].to(torch.bfloat16)) for k in ref)
     # several shards + index, loadable by transformers
-    from migrate import checkpoint
+    from nemo_migrate import checkpoint
 
     many = tmp_path / "many"
     checkpoint.convert(FIX / "qwen2-bias/ckpt", many, max_shard_bytes=20_000)
@@ -427,7 +427,7 @@ def test_config_the_table_does_not_cover_is_an_error_at_its_line(tmp_path):
 
 
 def test_unknown_and_missing_tensors_are_errors(tmp_path):
-    from migrate.checkpoint import Reader
+    from nemo_migrate.checkpoint import Reader
 
     rd = Reader(FIX / "llama-gqa-fp32/ckpt/weights")
     full = {k: rd.read(k) for k in rd.tensors if "linear_fc2" not in k}
@@ -525,7 +525,7 @@ def test_json_output(tmp_path):
 
 def test_inspect_and_convert_with_a_local_checkpoint_do_not_import_torch(tmp_path):
     code = ("import sys; from migrate import checkpoint; c, d = checkpoint.inspect(sys.argv[1]); assert c.arch == 'llama' and not d.has_errors\n"
-            "from migrate.cli import main; sys.argv = ['nemo-migrate', 'convert', sys.argv[2], '--set', 'resume.restore_config.path=' + sys.argv[1]]\n"
+            "from nemo_migrate.cli import main; sys.argv = ['nemo-migrate', 'convert', sys.argv[2], '--set', 'resume.restore_config.path=' + sys.argv[1]]\n"
             "try: main()\nexcept SystemExit as e: assert e.code == 0, e.code\n"
             "bad = [m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code, str(FIX / "llama-gqa-fp32/ckpt"), str(ROOT / "golden/seed/input")],
@@ -644,7 +644,7 @@ def test_memory_8b_shaped(tmp_path_factory):
 
     def child(args):
         # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork + exec)
-        code = ("import re, sys, time; from migrate.cli import main; t=time.time()\n"
+        code = ("import re, sys, time; from nemo_migrate.cli import main; t=time.time()\n"
                 "try: main()\nexcept SystemExit as e: rc = e.code\n"
                 "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
                 "print('PEAK', hwm, 'SECONDS', time.time() - t, 'RC', rc, file=sys.stderr)")

@@ -16,7 +16,7 @@ SEED = ROOT / "golden" / "seed" / "input"
 def cli(*args, env=None, cwd=None):
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "migrate.cli", *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "nemo_migrate.cli", *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd)
 
 
 def test_convert_dir_writes_the_four_files(tmp_path):
@@ -102,7 +102,7 @@ def test_deterministic_across_hash_seeds(tmp_path, seed):
 
 
 def test_convert_and_diff_do_not_import_torch():
-    code = ("import sys; from migrate.cli import app; from typer.testing import CliRunner;"
+    code = ("import sys; from nemo_migrate.cli import app; from typer.testing import CliRunner;"
             "r = CliRunner().invoke(app, ['convert', %r, '--json']); assert r.exit_code == 0, r.output;"
             "r = CliRunner().invoke(app, ['diff', %r, %r, '--json']); assert r.exit_code == 0, r.output;"
             "bad = [m for m in ('torch', 'transformers', 'peft', 'torchao') if m in sys.modules]; assert not bad, bad"

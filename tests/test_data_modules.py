@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate import knowledge, schema
-from migrate.convert import Options, convert, write
-from migrate.diagnostics import MigrateError
+from nemo_migrate import knowledge, schema
+from nemo_migrate.convert import Options, convert, write
+from nemo_migrate.diagnostics import MigrateError
 
 FIX = Path(__file__).parent / "fixtures" / "rules"
 CACHE = "${NEMO_DATASETS_CACHE,$HOME/.cache/nemo/datasets}"

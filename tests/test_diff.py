@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate import golden
-from migrate.diff import run_diff
+from nemo_migrate import golden
+from nemo_migrate.diff import run_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "golden" / "seed"
@@ -225,17 +225,17 @@ def test_guide_pair_catches_the_known_drift(name):
 
 def test_directories_pair_by_name_and_cli_exit_codes(tmp_path):
     env = dict(os.environ)
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "diff", str(SEED / "input"), str(GUIDE), "--json"], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "diff", str(SEED / "input"), str(GUIDE), "--json"], capture_output=True, text=True, env=env)
     assert r.returncode == 2, r.stderr
     data = json.loads(r.stdout)
     assert [(p["left"]["label"], p["right"]["label"]) for p in data["pairs"]] == [("config-fp16.yaml", "config-fp16.yaml"), ("config-fp8.yaml", "config-fp8.yaml")]
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "diff", str(SEED / "input"), str(SEED / "expected")], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "diff", str(SEED / "input"), str(SEED / "expected")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "diff", str(SEED / "expected" / "config-fp16.yaml"), str(GUIDE / "config-fp16.yaml")],
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "diff", str(SEED / "expected" / "config-fp16.yaml"), str(GUIDE / "config-fp16.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "optimizer.lr" in r.stdout  # two Automodel configs
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "diff", str(SEED / "input" / "config-fp16.yaml"), str(SEED / "input" / "config-fp8.yaml")],
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "diff", str(SEED / "input" / "config-fp16.yaml"), str(SEED / "input" / "config-fp8.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "trainer.plugins.fp8" in r.stdout  # two NeMo configs compare at the source
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "diff", str(tmp_path / "nope.yaml"), str(GUIDE)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "diff", str(tmp_path / "nope.yaml"), str(GUIDE)], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr

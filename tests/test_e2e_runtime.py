@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(*args, cwd=None):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "migrate.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "nemo_migrate.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=600)
 
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from migrate import emit, golden
-from migrate.ir import Provenance, TargetValue
+from nemo_migrate import emit, golden
+from nemo_migrate.ir import Provenance, TargetValue
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-10**12, max_value=10**12),

@@ -20,8 +20,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from migrate.convert import Options, convert  # noqa: E402
-from migrate.diagnostics import MigrateError  # noqa: E402
+from nemo_migrate.convert import Options, convert  # noqa: E402
+from nemo_migrate.diagnostics import MigrateError  # noqa: E402
 
 import fuzz_stats  # noqa: E402
 
@@ -223,7 +223,7 @@ def test_fuzz_nemo1_and_aligner(work, text, hydra):
 @FUZZ
 @given(text=mutated((SEED_OUT / "config-fp16.yaml").read_text()))
 def test_fuzz_diff_against_a_mutated_automodel_yaml(work, text):
-    from migrate.diff import run_diff
+    from nemo_migrate.diff import run_diff
 
     d = _job_dir(work / "d", {"config-fp16.yaml": text})
     _check(lambda: run_diff(SEED / "config-fp16.yaml", d / "config-fp16.yaml", recipe=SEED / "recipe.py"))

@@ -1,7 +1,7 @@
 """Every golden case converts to exactly its expected files (the same check as `make golden`)."""
 import pytest
 
-from migrate import golden
+from nemo_migrate import golden
 
 CASES = golden.cases()
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from migrate.convert import Options, convert
-from migrate.diagnostics import Diagnostics, MigrateError
-from migrate.ir import Provenance
-from migrate.resolve import Inputs, resolve
-from migrate.sources.pysource import notebook_source, rewrite_fstrings
-from migrate.sources.recipe_py import parse_recipe_py
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diagnostics import Diagnostics, MigrateError
+from nemo_migrate.ir import Provenance
+from nemo_migrate.resolve import Inputs, resolve
+from nemo_migrate.sources.pysource import notebook_source, rewrite_fstrings
+from nemo_migrate.sources.recipe_py import parse_recipe_py
 
 HEAD = """\
 import nemo_run as run

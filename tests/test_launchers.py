@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.convert import Options, convert
-from migrate.diagnostics import MigrateError
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diagnostics import MigrateError
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
@@ -91,7 +91,7 @@ def test_launcher_option(tmp_path):
     assert "case \"$variant\" in" in text  # the seed job has two variants (fp16, fp8)
     assert "sbatch.sh" not in convert(Options(source=seed)).files
     assert "sbatch.sh" not in convert(Options(source=GOLDEN / "slurm-chat-qwen" / "input", launcher="local")).files
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "convert", str(seed), "--launcher", "pbs"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(seed), "--launcher", "pbs"], capture_output=True, text=True)
     assert r.returncode == 1 and "expected auto, slurm or local" in r.stderr
 
 

@@ -11,7 +11,7 @@ SEED = ROOT / "golden" / "seed" / "input"
 def test_all_errors_of_a_file_together_with_locations_and_hints(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_stepz: 10\npeft:\n  dim: 8\n  alpah: 16\noptim:\n  config:\n    lr: fast\n")
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "convert", str(bad), "--recipe", str(SEED / "recipe.py"),
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(bad), "--recipe", str(SEED / "recipe.py"),
                         "--factory", "migration_recipe()", "-o", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     err = r.stderr
@@ -26,7 +26,7 @@ def test_all_errors_of_a_file_together_with_locations_and_hints(tmp_path):
 def test_yaml_syntax_error_points_at_the_place(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: [1, 2\npeft:\n  dim: 8\n")
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "convert", str(bad), "--recipe", str(SEED / "recipe.py"),
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(bad), "--recipe", str(SEED / "recipe.py"),
                         "--factory", "migration_recipe()"], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "bad.yaml:3:" in r.stderr and "YAML syntax error" in r.stderr
@@ -38,7 +38,7 @@ def test_recipe_py_problems_name_the_line(tmp_path):
         "    recipe = llm.llama3_8b.finetune_recipe(peft_scheme='lora', num_gpus_per_node=2)\n"
         "    recipe.trainer.max_stepz = 5\n"
         "    recipe.peft.dimm = 4\n    return recipe\n\n\nrun.cli.main(llm.finetune, default_factory=job)\n")
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "convert", str(tmp_path / "recipe.py")], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(tmp_path / "recipe.py")], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "recipe.py:7:" in r.stderr and "max_stepz" in r.stderr and "did you mean 'max_steps'" in r.stderr
     assert "recipe.py:8:" in r.stderr and "dimm" in r.stderr and "did you mean 'dim'" in r.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate.convert import Options, convert
-from migrate.data_convert import convert_file
-from migrate.diagnostics import MigrateError
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.data_convert import convert_file
+from nemo_migrate.diagnostics import MigrateError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "rules"
@@ -147,10 +147,10 @@ def test_convert_data_never_overwrites_without_force_and_reports_bad_lines(tmp_p
     src.write_text(json.dumps(_chat_rows()[0]) + "\n{not json\n")
     dest = tmp_path / "out.jsonl"
     dest.write_text("keep me")
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "convert-data", str(src), str(dest)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert-data", str(src), str(dest)], capture_output=True, text=True)
     assert r.returncode == 1 and "exists" in r.stderr and "Traceback" not in r.stderr
     assert dest.read_text() == "keep me"
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "convert-data", str(src), str(dest), "--force"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert-data", str(src), str(dest), "--force"], capture_output=True, text=True)
     assert r.returncode == 1 and ":2" in r.stderr and "Traceback" not in r.stderr
     assert dest.read_text() == "keep me"  # nothing written when a row is bad
 

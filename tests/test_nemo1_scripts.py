@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from migrate import knowledge
-from migrate.convert import Options, convert
-from migrate.diagnostics import Diagnostics, MigrateError
-from migrate.ir import Provenance
-from migrate.sources import nemo1
-from migrate.transforms import automodel_epoch_len, nemo_cosine_hold
+from nemo_migrate import knowledge
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diagnostics import Diagnostics, MigrateError
+from nemo_migrate.ir import Provenance
+from nemo_migrate.sources import nemo1
+from nemo_migrate.transforms import automodel_epoch_len, nemo_cosine_hold
 
 NEMO = "/opt/NeMo/examples/nlp/language_modeling/tuning"
 ALIGNER = "/opt/NeMo-Aligner/examples/nlp/gpt"

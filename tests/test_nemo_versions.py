@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.convert import Options, convert
-from migrate.diagnostics import MigrateError
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diagnostics import MigrateError
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = Path("/tmp/nemowheels")
@@ -85,9 +85,9 @@ def test_scheduler_max_steps_is_not_copied_in_2_0(tmp_path):
 
 def test_mxfp8_factory_value_by_release(tmp_path):
     job = _job(tmp_path, body="recipe.trainer.plugins = bf16_with_mxfp8_mixed()")
-    from migrate.resolve import Inputs, resolve  # the NeMo side: what the plugin holds
-    from migrate import nemo_release
-    from migrate.diagnostics import Diagnostics
+    from nemo_migrate.resolve import Inputs, resolve  # the NeMo side: what the plugin holds
+    from nemo_migrate import nemo_release
+    from nemo_migrate.diagnostics import Diagnostics
 
     for release, fp8 in (("2.5", "hybrid"), ("2.7", "e4m3")):
         with nemo_release.using(release):

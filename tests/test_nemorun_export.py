@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from migrate.convert import Options, convert
-from migrate.diagnostics import Diagnostics, MigrateError
-from migrate.ir import Knob, Node, plain
-from migrate.sources.nemorun_export import guess_recipe, is_export, read_export
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diagnostics import Diagnostics, MigrateError
+from nemo_migrate.ir import Knob, Node, plain
+from nemo_migrate.sources.nemorun_export import guess_recipe, is_export, read_export
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "nemorun_export"
@@ -82,7 +82,7 @@ def _errors(d: Diagnostics) -> list:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "migrate.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "nemo_migrate.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
 HEAD = "_partial_: true\n_target_: nemo.collections.llm.api.finetune\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.convert import LOCK_NAME, STAGING_PREFIX, Options, convert, write
-from migrate.diagnostics import MigrateError
+from nemo_migrate.convert import LOCK_NAME, STAGING_PREFIX, Options, convert, write
+from nemo_migrate.diagnostics import MigrateError
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "golden" / "seed" / "input"
@@ -25,7 +25,7 @@ FOUR = ["config-fp16.yaml", "config-fp8.yaml", "migration-report.md", "run.sh"]
 
 
 def _cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "migrate.cli", "convert", str(SEED), "-o", str(out), *extra]
+    return [sys.executable, "-m", "nemo_migrate.cli", "convert", str(SEED), "-o", str(out), *extra]
 
 
 def _env(**kw: str) -> dict[str, str]:

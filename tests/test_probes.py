@@ -2,7 +2,7 @@
 never left half-written or overwritten behind the user's back (more in tests/test_out_atomic.py), and no input hangs,
 crashes or ends in "internal error": each gets a located diagnostic, or converts.
 
-Each probe runs the command line the way a user does (in-process `migrate.cli.main`, or a subprocess with a timeout
+Each probe runs the command line the way a user does (in-process `nemo_migrate.cli.main`, or a subprocess with a timeout
 where a hang is the risk) and checks the exit code, the diagnostic code, that no traceback or "internal error"
 appears, and that no canary file appears.  `PROBES` is the count the README cites.
 """
@@ -43,10 +43,10 @@ def cli(*args, capsys=None) -> Result:
     """The command line in this process (main(): what a user's shell runs, internal-error handler included)."""
     import importlib
 
-    import migrate.cli as m
-    import migrate.console
+    import nemo_migrate.cli as m
+    import nemo_migrate.console
 
-    importlib.reload(migrate.console)  # its functions bind sys.stderr at import: rebind to this test's capture
+    importlib.reload(nemo_migrate.console)  # its functions bind sys.stderr at import: rebind to this test's capture
     old = sys.argv
     sys.argv = ["nemo-migrate", *map(str, args)]
     code = 0
@@ -65,7 +65,7 @@ def sub(*args, timeout: float = 60, env: dict | None = None) -> Result:
     e = dict(os.environ)
     e.update(env or {})
     try:
-        r = subprocess.run([sys.executable, "-m", "migrate.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout,
                            env=e, cwd=ROOT)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"hung: nemo-migrate {' '.join(map(str, args))}") from None
@@ -310,7 +310,7 @@ def probe_out_huge_existing_file(tmp, capsys):
 def probe_out_planted_lock_symlink(tmp, capsys):
     (tmp / "out").mkdir()
     (tmp / "victim").write_text("keep\n")
-    (tmp / "out" / ".nemo-migrate.lock").symlink_to(tmp / "victim")
+    (tmp / "out" / ".nemo-nemo_migrate.lock").symlink_to(tmp / "victim")
     cli("convert", SEED, "-o", tmp / "out", capsys=capsys).ok(1, "NM914")
     assert (tmp / "victim").read_text() == "keep\n"
 
@@ -488,7 +488,7 @@ def probe_convert_data_full_disk(tmp, capsys, monkeypatch):
 
 
 def probe_convert_data_interrupted(tmp, capsys, monkeypatch):
-    from migrate import data_convert, fsio
+    from nemo_migrate import data_convert, fsio
 
     def interrupt(*a, **k):
         raise fsio.Interrupted(2)

@@ -161,7 +161,7 @@ def check_diff(case: dict, report: dict) -> list[str]:
 def run_cli(args: list[str], cwd: Path, monkeypatch):
     from typer.testing import CliRunner
 
-    from migrate.cli import app
+    from nemo_migrate.cli import app
 
     monkeypatch.chdir(cwd)
     return CliRunner().invoke(app, args)

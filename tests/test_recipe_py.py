@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from migrate.diagnostics import Diagnostics, MigrateError
-from migrate.ir import Knob, Provenance
-from migrate.resolve import Inputs, resolve
-from migrate.sources.recipe_py import parse_recipe_py
+from nemo_migrate.diagnostics import Diagnostics, MigrateError
+from nemo_migrate.ir import Knob, Provenance
+from nemo_migrate.resolve import Inputs, resolve
+from nemo_migrate.sources.recipe_py import parse_recipe_py
 
 
 def job_from(tmp_path: Path, src: str, yaml: str | None = None, factory: str | None = None, sets=()):

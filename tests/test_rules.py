@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate import rules
-from migrate.convert import Options, convert
-from migrate.diagnostics import MigrateError
+from nemo_migrate import rules
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diagnostics import MigrateError
 
 FIX = Path(__file__).parent / "fixtures" / "rules"
 ROWS = list(rules.table())
@@ -56,7 +56,7 @@ def test_table_is_well_formed():
             seen[s] = r.id
         for d in r.defaults:
             assert d in r.exact_sources, f"{r.id}: default {d} is not one of its sources"
-    from migrate import transforms
+    from nemo_migrate import transforms
     for r in ROWS:
         if r.transform:
             assert callable(getattr(transforms, r.transform, None)), f"{r.id}: transform {r.transform} missing"

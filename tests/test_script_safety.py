@@ -23,9 +23,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from migrate import emit  # noqa: E402
-from migrate.convert import Options, convert, write  # noqa: E402
-from migrate.diagnostics import MigrateError  # noqa: E402
+from nemo_migrate import emit  # noqa: E402
+from nemo_migrate.convert import Options, convert, write  # noqa: E402
+from nemo_migrate.diagnostics import MigrateError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "golden" / "seed" / "input"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.convert import Options, convert
-from migrate.diagnostics import MigrateError
+from nemo_migrate.convert import Options, convert
+from nemo_migrate.diagnostics import MigrateError
 
 SEED = Path(__file__).resolve().parent.parent / "golden" / "seed" / "input"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
-from migrate.diagnostics import Diagnostics
-from migrate.sources.launch import (
+from nemo_migrate.diagnostics import Diagnostics
+from nemo_migrate.sources.launch import (
     HYDRA_SCRIPTS, looks_like_launcher, parse_run_sh, parse_shell_text, scan_shell_text, variant_of,
 )
 

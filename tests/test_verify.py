@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.verify import ENVELOPES, envelope_of, nemo_lr, nemo_tokenize
+from nemo_migrate.verify import ENVELOPES, envelope_of, nemo_lr, nemo_tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "golden" / "seed" / "input"
@@ -86,7 +86,7 @@ def _verify(tmp_path, *extra):
     job, data = _job(tmp_path)
     out = tmp_path / "verify"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "run", "--verify", str(job / "config-fp16.yaml"), "--recipe", str(job / "recipe.py"),
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "run", "--verify", str(job / "config-fp16.yaml"), "--recipe", str(job / "recipe.py"),
                         "--factory", "migration_recipe()", "--proxy-model", "tiny", "--steps", "4", "--data", str(data),
                         "--seq-length", "64", "--out", str(out), *extra], capture_output=True, text=True, env=env, timeout=900)
     return r, out
@@ -122,7 +122,7 @@ def test_verify_fp8_attributes_fp8_and_runs_legs_in_parallel(tmp_path):
     job, data = _job(tmp_path)
     (job / "config-fp8.yaml").write_text((SEED / "config-fp8.yaml").read_text())
     conv = tmp_path / "converted"
-    subprocess.run([sys.executable, "-m", "migrate.cli", "convert", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
+    subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
                     "--factory", "migration_recipe()", "-o", str(conv), "-q"], check=True, capture_output=True)
     text = (conv / "config-fp8.yaml").read_text()
     assert "enabled: false" in text.split("fp8:", 1)[1].split("\n")[1]  # convert keeps FP8 off for real Automodel 0.7 (FP8001)
@@ -132,7 +132,7 @@ def test_verify_fp8_attributes_fp8_and_runs_legs_in_parallel(tmp_path):
     doc["fp8"].update(enabled=True, filter_fqns=["lm_head"], emulate=True)
     (tmp_path / "migrated-fp8.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "verify"
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "run", "--verify", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "run", "--verify", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
                         "--factory", "migration_recipe()", "--proxy-model", "tiny", "--steps", "3", "--data", str(data),
                         "--seq-length", "64", "--out", str(out), "--migrated", str(tmp_path / "migrated-fp8.yaml"), "--jobs", "3"],
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)

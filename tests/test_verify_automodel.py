@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate import verify_automodel as va
-from migrate.verify import envelope_of, migrated_config
+from nemo_migrate import verify_automodel as va
+from nemo_migrate.verify import envelope_of, migrated_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "golden" / "seed" / "input"
@@ -113,7 +113,7 @@ def test_against_refuses_clearly_where_automodel_cannot_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def cli(*a):
-        return subprocess.run([sys.executable, "-m", "migrate.cli", "run", *a], capture_output=True, text=True, env=env, timeout=300)
+        return subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "run", *a], capture_output=True, text=True, env=env, timeout=300)
 
     r = cli("--verify", str(SEED / "config-fp16.yaml"), "--against", "megatron", "--out", str(tmp_path / "v"))
     assert r.returncode == 1 and "only target is 'automodel'" in r.stderr and "Traceback" not in r.stderr
@@ -148,8 +148,8 @@ def test_initial_adapters_land_in_automodels_lora_and_give_the_runtimes_outputs(
     import torch
     from nemo_automodel.components._peft.lora import PeftConfig, apply_lora_to_linear_modules
 
-    from runtime import lora as rl
-    from runtime.spec import PeftSpec
+    from nemo_migrate.runtime import lora as rl
+    from nemo_migrate.runtime.spec import PeftSpec
 
     targets = ["*.q_proj", "*.k_proj", "*.v_proj", "*.o_proj", "*.gate_proj", "*.up_proj", "*.down_proj"]
     base = _tiny_llama()
@@ -270,13 +270,13 @@ def test_verify_against_automodel_fp8_lora_on_gpu(tmp_path):
     job, data = _job(tmp_path)
     (job / "config-fp8.yaml").write_text((SEED / "config-fp8.yaml").read_text())
     conv = tmp_path / "converted"
-    subprocess.run([sys.executable, "-m", "migrate.cli", "convert", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
+    subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
                     "--factory", "migration_recipe()", "-o", str(conv), "-q"], check=True, capture_output=True)
     doc = yaml.safe_load((conv / "config-fp8.yaml").read_text())
     doc["fp8"].update(enabled=True, filter_fqns=["lm_head"])
     (tmp_path / "migrated-fp8.yaml").write_text(yaml.safe_dump(doc))
     out = tmp_path / "verify"
-    r = subprocess.run([sys.executable, "-m", "migrate.cli", "run", "--verify", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "run", "--verify", str(job / "config-fp8.yaml"), "--recipe", str(job / "recipe.py"),
                         "--factory", "migration_recipe()", "--proxy-model", "tiny", "--steps", "4", "--data", str(data),
                         "--seq-length", "64", "--out", str(out), "--migrated", str(tmp_path / "migrated-fp8.yaml"),
                         "--against", "automodel", "--jobs", "3"], capture_output=True, text=True, timeout=1200)

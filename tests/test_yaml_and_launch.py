@@ -2,9 +2,9 @@
 import textwrap
 from pathlib import Path
 
-from migrate.diagnostics import Diagnostics
-from migrate.sources.launch import parse_run_sh, variant_of
-from migrate.sources.yaml_source import NodeSpec, read_nemo_yaml
+from nemo_migrate.diagnostics import Diagnostics
+from nemo_migrate.sources.launch import parse_run_sh, variant_of
+from nemo_migrate.sources.yaml_source import NodeSpec, read_nemo_yaml
 
 
 def y(tmp_path, text):

@@ -9,7 +9,7 @@
   invalid dtype strings, a missing ``recipe:``/``loss_fn``/``optimizer``, legacy keys that do nothing.
 
 What 0.7 accepts (types, strict sections, dataset classes, LoRA selectors, dtypes, the loader's value translation) is
-read from the one home of that knowledge, :mod:`migrate.automodel_rules`, which the pre-write check of ``convert``
+read from the one home of that knowledge, :mod:`nemo_migrate.automodel_rules`, which the pre-write check of ``convert``
 also uses.
 
 Every value keeps its file:line; nothing is executed and nothing is imported from the config.

@@ -3,7 +3,7 @@
 The user's code is never executed.  The module is parsed with :mod:`ast` and its statements are interpreted in
 order, the way Python would run them, over abstract values:
 
-* :class:`~migrate.ir.Knob` (a value known statically, with where it came from), :class:`~migrate.ir.Node` (a
+* :class:`~nemo_migrate.ir.Knob` (a value known statically, with where it came from), :class:`~nemo_migrate.ir.Node` (a
   ``run.Config``/``run.Partial``, shared by reference as in Python), :class:`Sym` (an imported name),
   :class:`Func` (a function of the file: calls are followed, defaults bound at ``def`` time, names looked up when the
   call runs), and :class:`Unknown` (a value this compiler cannot know: it says why and where, and is an error only if

@@ -22,7 +22,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tok_dir(data_dir) -> Path:
-    from runtime.tokenizer import train_local_tokenizer
+    from nemo_migrate.runtime.tokenizer import train_local_tokenizer
 
     rows = [json.loads(x) for x in (data_dir / "train.jsonl").read_text().splitlines()]
     return train_local_tokenizer([r["prompt"] + " " + r["completion"] for r in rows], data_dir / "tok", vocab_size=300)

@@ -84,7 +84,7 @@ def write_yaml(path: Path, cfg: dict) -> Path:
 
 def run(cfg_path: Path, out: Path, *, nproc: int = 1, proxy: str | None = "tiny", model_path=None, sets=(),
         max_steps=None, merge=False) -> int:
-    from runtime.api import RunOptions, run_main
+    from nemo_migrate.runtime.api import RunOptions, run_main
 
     return run_main(RunOptions(config=Path(cfg_path), nproc_per_node=nproc, max_steps=max_steps,
                                model_path=model_path, proxy_model=None if model_path else proxy,

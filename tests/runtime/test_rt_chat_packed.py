@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from rt_helpers import WORDS, base_config, metrics, run, tiny_llama, write_yaml
-from runtime.data import (ChatDataset, ColumnMappedDataset, PackedDataset, build_dataset, mapped_texts, pack_samples,
+from nemo_migrate.runtime.data import (ChatDataset, ColumnMappedDataset, PackedDataset, build_dataset, mapped_texts, pack_samples,
                           read_chat_rows, read_records)
-from runtime.errors import RunError
-from runtime.tokenizer import chat_text, load_tokenizer, train_local_tokenizer
+from nemo_migrate.runtime.errors import RunError
+from nemo_migrate.runtime.tokenizer import chat_text, load_tokenizer, train_local_tokenizer
 
 CHAT = "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset"
 
@@ -181,7 +181,7 @@ def test_bad_chat_rows_fail_naming_the_line(chat_dir, tmp_path):
 
 
 def _spec(kind, params, packing=None, batch_size=1):
-    from runtime.spec import DatasetSpec
+    from nemo_migrate.runtime.spec import DatasetSpec
 
     return DatasetSpec(kind=kind, params=params, shuffle=None, batch_size=batch_size, drop_last=False,
                        pin_memory=False, pad_seq_len_divisible=None, packing=packing)
@@ -217,9 +217,9 @@ def _chat_cfg(chat_dir, **dataset):
      "packing needs a text dataset"),
 ])
 def test_config_errors(chat_dir, mutate, key, match):
-    from runtime.api import RunOptions
-    from runtime.config import effective_config
-    from runtime.spec import resolve
+    from nemo_migrate.runtime.api import RunOptions
+    from nemo_migrate.runtime.config import effective_config
+    from nemo_migrate.runtime.spec import resolve
 
     cfg = _chat_cfg(chat_dir)
     mutate(cfg)
@@ -297,7 +297,7 @@ def _token_losses(model, batch):
 def test_packed_loss_equals_unpacked_loss(data_dir, tok_dir, attn):
     """Every label token has the same loss packed (position ids restart per sample -> block-diagonal causal
     attention) as alone; without per-sample position ids the packed samples would see each other."""
-    from runtime.data import default_collater
+    from nemo_migrate.runtime.data import default_collater
 
     tok = load_tokenizer(tok_dir, add_bos_token=False, add_eos_token=True)
     rows = read_records(str(data_dir / "train.jsonl"), key="k")[:24]

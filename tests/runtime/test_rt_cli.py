@@ -12,7 +12,7 @@ GOLDEN = ROOT / "golden" / "seed" / "expected" / "config-fp16.yaml"
 
 def _cli(*args, cwd):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "migrate.cli", "run", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "run", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=300)
 
 
@@ -47,7 +47,7 @@ def test_runtime_never_imports_migrate():
     bad = [p for p in (ROOT / "runtime").rglob("*.py")
            if any(line.lstrip().startswith(("import migrate", "from migrate")) for line in p.read_text().splitlines())]
     assert not bad
-    code = ("import sys; import runtime.api, runtime.spec, runtime.config; "
+    code = ("import sys; import nemo_migrate.runtime.api, nemo_migrate.runtime.spec, nemo_migrate.runtime.config; "
             "assert 'migrate' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT))
                           ).returncode == 0

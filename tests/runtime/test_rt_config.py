@@ -2,8 +2,8 @@
 
 import pytest
 
-from runtime.config import apply_override, effective_config, load_yaml, parse_dtype, translate_value
-from runtime.errors import RunError
+from nemo_migrate.runtime.config import apply_override, effective_config, load_yaml, parse_dtype, translate_value
+from nemo_migrate.runtime.errors import RunError
 
 
 def test_translate_value():

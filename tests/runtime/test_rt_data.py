@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rt_helpers import has_automodel
-from runtime.data import ColumnMappedDataset, DistributedSamplerOrder, MapLoader, default_collater, mapped_texts
-from runtime.errors import RunError
-from runtime.tokenizer import load_tokenizer
+from nemo_migrate.runtime.data import ColumnMappedDataset, DistributedSamplerOrder, MapLoader, default_collater, mapped_texts
+from nemo_migrate.runtime.errors import RunError
+from nemo_migrate.runtime.tokenizer import load_tokenizer
 
 
 def test_prompt_is_space_joined_with_trailing_space():
@@ -117,7 +117,7 @@ def test_formatting_equals_real_automodel(tok_dir, data_dir, bos, eos):
 
 
 def test_mock_loader_shapes_and_resume():
-    from runtime.data import MockLoader
+    from nemo_migrate.runtime.data import MockLoader
 
     a = MockLoader(vocab_size=50, seq_len=8, num_samples=5, batch_size=2, seed=3)
     batches = list(a)

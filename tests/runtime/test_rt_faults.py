@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cmd(cfg: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "migrate.cli", "run", str(cfg), "--out", str(out), "--proxy-model", "tiny", *extra]
+    return [sys.executable, "-m", "nemo_migrate.cli", "run", str(cfg), "--out", str(out), "--proxy-model", "tiny", *extra]
 
 
 def _env() -> dict:

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 pytest.importorskip("torchao")
 
-from runtime.fp8 import convert_fp8  # noqa: E402
+from nemo_migrate.runtime.fp8 import convert_fp8  # noqa: E402
 
 
 def _model():
@@ -54,7 +54,7 @@ def test_fused_cast_equals_torchaos_cast_on_gpu():
     from torchao.float8.float8_scaling_utils import hp_tensor_to_float8_dynamic
     from torchao.float8.float8_training_tensor import GemmInputRole, LinearMMConfig
 
-    from runtime.fp8 import _frozen_class
+    from nemo_migrate.runtime.fp8 import _frozen_class
 
     cast = _frozen_class().fp8_cast
     for shape in ((8192, 4096), (512, 14336)):

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rt_helpers import has_automodel, tiny_llama
-from runtime import lora
+from nemo_migrate.runtime import lora
 
 
 def _spec(**kw):

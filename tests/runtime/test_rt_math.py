@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from rt_helpers import has_automodel
-from runtime.loss import masked_ce_sum, microbatch_loss
-from runtime.optim import OptimizerParamScheduler, StepScheduler, build_lr_scheduler, param_groups
+from nemo_migrate.runtime.loss import masked_ce_sum, microbatch_loss
+from nemo_migrate.runtime.optim import OptimizerParamScheduler, StepScheduler, build_lr_scheduler, param_groups
 
 # ------------------------------------------------------------------------------------------------- loss reductions
 

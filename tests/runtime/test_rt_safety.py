@@ -29,7 +29,7 @@ MANIFEST = ".nemo_migrate_checkpoint.json"
 # ------------------------------------------------------------------------------------------------- helpers
 
 def _run(cfg: Path, out: Path, *, resume: str = "auto", **kw) -> int:
-    from runtime.api import RunOptions, run_main
+    from nemo_migrate.runtime.api import RunOptions, run_main
 
     sets = list(kw.pop("sets", ()))
     return run_main(RunOptions(config=Path(cfg), proxy_model=kw.pop("proxy", "tiny"), out=Path(out),
@@ -186,9 +186,9 @@ def test_a_checkpoint_holding_nonfinite_weights_is_not_resumed(trained, tmp_path
 def test_weight_check_cost_is_small(cfg_factory, tmp_path):
     """The per-step check is one fused norm over the trainable shards: on CPU it costs under 5% of a tiny
     LoRA step here (printed for the record; 1.1% measured on a 2-core machine)."""
-    from runtime.api import RunOptions, prepare
-    from runtime.parallel import destroy
-    from runtime.trainer import Trainer
+    from nemo_migrate.runtime.api import RunOptions, prepare
+    from nemo_migrate.runtime.parallel import destroy
+    from nemo_migrate.runtime.trainer import Trainer
 
     cfg = cfg_factory("cost.yaml", mutate=lambda c: c["step_scheduler"].update(global_batch_size=2, max_steps=20))
     spec, raw, run_dir, tok, note = prepare(RunOptions(config=cfg, proxy_model="tiny", out=tmp_path / "r"))
@@ -528,7 +528,7 @@ def test_damaged_checkpoint_directory(trained, tmp_path, capsys, damage):
 def test_disk_full_during_a_checkpoint_keeps_latest_and_says_so(cfg_factory, tmp_path, capsys, monkeypatch):
     """ENOSPC in the middle of the second checkpoint: the partial step dir is removed, LATEST keeps pointing at the
     first, and the message says that (in-process: the optimizer's DCP write fails as a full disk makes it fail)."""
-    import runtime.checkpoint as ck
+    import nemo_migrate.runtime.checkpoint as ck
 
     real, calls = ck.save_optimizer, []
 
@@ -561,7 +561,7 @@ def test_file_size_limit_ulimit_f_is_a_message_not_a_traceback(cfg_factory, tmp_
     """`ulimit -f` (as a full disk): the real CLI in a subprocess; DCP's failure used to escape as a traceback."""
     ckpt = where == "checkpoint"
     cfg = cfg_factory(f"ulimit-{where}.yaml", ckpt=ckpt, mutate=_ckpt_every_step)
-    cmd = [sys.executable, "-m", "migrate.cli", "run", str(cfg), "--out", str(tmp_path / "r"), "--proxy-model", "tiny",
+    cmd = [sys.executable, "-m", "nemo_migrate.cli", "run", str(cfg), "--out", str(tmp_path / "r"), "--proxy-model", "tiny",
            "--max-steps", "40"]
     r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=300, preexec_fn=_limited(20_000 if ckpt else 2_000))

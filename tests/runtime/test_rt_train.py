@@ -34,9 +34,9 @@ def _close(a: dict, b: dict, atol=1e-5, rtol=1e-4):
 
 @contextlib.contextmanager
 def trainer_for(cfg_path: Path, out: Path, proxy: str = "tiny"):
-    from runtime.api import RunOptions, prepare
-    from runtime.parallel import destroy
-    from runtime.trainer import Trainer
+    from nemo_migrate.runtime.api import RunOptions, prepare
+    from nemo_migrate.runtime.parallel import destroy
+    from nemo_migrate.runtime.trainer import Trainer
 
     spec, cfg, run_dir, tok_path, tok_note = prepare(RunOptions(config=cfg_path, proxy_model=proxy, out=out))
     tr = Trainer(spec, run_dir=run_dir, raw_cfg=cfg, tokenizer_path=tok_path, tokenizer_note=tok_note)
@@ -218,8 +218,8 @@ def test_fp8_conversion_keeps_lora_adapters_trainable():
     from torchao.float8 import convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
-    from runtime import lora
-    from runtime.fp8 import convert_fp8
+    from nemo_migrate.runtime import lora
+    from nemo_migrate.runtime.fp8 import convert_fp8
 
     spec = SimpleNamespace(target_modules=["*_proj"], exclude_modules=[], match_all_linear=False, dim=8, alpha=16.0,
                            dropout=0.0, dropout_position="post", lora_A_init="xavier", lora_dtype=None)
@@ -249,7 +249,7 @@ def test_fp8_conversion_keeps_lora_adapters_trainable():
     # Automodel 0.7.0's order (LoRA first, then the float8 swap) drops every adapter:
     bad = tiny_llama(dtype=torch.bfloat16)
     lora.apply_lora(bad, spec)
-    convert_to_float8_training(bad, config=__import__("runtime.fp8", fromlist=["x"]).torchao_config(f8),
+    convert_to_float8_training(bad, config=__import__("nemo_migrate.runtime.fp8", fromlist=["x"]).torchao_config(f8),
                                module_filter_fn=lambda mod, n: "lm_head" not in n)
     assert sum(p.numel() for p in bad.parameters() if p.requires_grad) == 0
 

@@ -11,7 +11,7 @@ jobs (a separate process: the product never shares a process with NeMo).  Then, 
 
 * every leaf of the built config, flattened to dotted paths with normalized values (class leaf names for
   ``_target_``, enum values, dtypes as 'torch.bfloat16'), and the class defaults of every configured class read from
-  its signature with ``inspect`` (what fiddle does not hold), against ``migrate.rules.collect_knobs`` of the job
+  its signature with ``inspect`` (what fiddle does not hold), against ``nemo_migrate.rules.collect_knobs`` of the job
   nemo-migrate resolved;
 * what NeMo changes at launch, by NeMo's own code: ``llm.api._validate_config`` run on the built model, data module
   and strategy (its assertions are NeMo refusing the job; its silent fixes, e.g. sequence_parallel off with TP 1,

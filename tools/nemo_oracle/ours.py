@@ -2,9 +2,9 @@
 
     .venv/bin/python tools/nemo_oracle/ours.py JOBS.json OUT.json
 
-Run with the project's venv (never with .nemo-venv).  For every job of jobs.py: ``migrate.convert.convert`` on the
+Run with the project's venv (never with .nemo-venv).  For every job of jobs.py: ``nemo_migrate.convert.convert`` on the
 same sources, factory, overrides and variant a user converts; the effective NeMo job that ``resolve`` built (captured
-even when a later stage refuses), flattened by ``migrate.rules.collect_knobs``; the emitted Automodel targets; the LR
+even when a later stage refuses), flattened by ``nemo_migrate.rules.collect_knobs``; the emitted Automodel targets; the LR
 at every step of the emitted ``lr_scheduler`` section through Automodel 0.7.0's own ``LRSchedulerConfig.build`` /
 ``OptimizerParamScheduler`` on a dummy torch optimizer; and micro-batches per step through Automodel's own
 ``StepScheduler`` (grad_acc = GBS / (local_batch_size x DP), DP = world / (tp*cp*pp) as its mesh infers it, and with
@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-import migrate.convert as mc  # noqa: E402
-from migrate import rules  # noqa: E402
-from migrate.diagnostics import MigrateError  # noqa: E402
-from migrate.ir import plain  # noqa: E402
+import nemo_migrate.convert as mc  # noqa: E402
+from nemo_migrate import rules  # noqa: E402
+from nemo_migrate.diagnostics import MigrateError  # noqa: E402
+from nemo_migrate.ir import plain  # noqa: E402
 
 LR_STEPS_MAX = 100_000  # a longer schedule is compared on its first steps only
 
@@ -50,7 +50,7 @@ def _json(v: Any) -> Any:
 def _options(job: dict, empty: Path) -> mc.Options:
     o = job["ours"]
     if o.get("golden_case"):
-        from migrate.golden import options_for
+        from nemo_migrate.golden import options_for
 
         return options_for(ROOT / o["golden_case"])
     opts = mc.Options(source=ROOT / o["source"] if o.get("source") else empty, factory=o.get("factory"),
