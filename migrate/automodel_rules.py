@@ -1,33 +1,34 @@
 """What Automodel 0.7 accepts: the one home of its config checks, for ``diff`` and for ``convert``'s pre-write check.
 
 The knowledge is data in ``mappings/automodel/schema.yaml`` (per-field type / range / allowed values with the 0.7.0
-source line that checks them, strict sections, dataset classes, strategies, torch optimizers); this module applies
-it, plus a few named cross-field checks (global batch vs data parallelism, the LR scheduler's assertions, the
-parallel sizes vs the world size, ``column_mapping`` roles, LoRA target selection, ...).
+source line that checks them, strict sections, dataset classes, strategies, torch optimizers), read through
+:mod:`nemo_migrate.automodel` (Automodel 0.7's semantics, shared with the runtime); this module applies it, plus a
+few named cross-field checks (global batch vs data parallelism, the LR scheduler's assertions, the parallel sizes
+vs the world size, ``column_mapping`` roles, LoRA target selection, ...).
 
 * :func:`rejections` -- every problem Automodel 0.7 would have with a plain config dict (values as its loader reads
   them), as :class:`Reject` records.  ``diff`` reports them for an Automodel YAML (migrate/diff.py).
 * :func:`check_config` -- the same as compiler diagnostics AM300-AM349, each at the source line of the value that
   caused it (``TargetValue.provs``), for ``convert`` to call right before it renders a config.
-* shared pieces ``diff`` reads a file with: :func:`translate_value`, :func:`type_ok`, :func:`field_specs`,
-  :func:`allowed_keys`, :func:`lora_conflicts`, :func:`lr_params`, :func:`dtype_ok`, :func:`normalize_dtype`.
+* :func:`type_ok` -- a value against a schema type (``?int``, ``list[number]``, ...), also for ``diff``'s reader.
 
 Torch-free and import-light: nothing here imports Automodel, torch or the user's code.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator
 
-from . import knowledge
+from .automodel import schedule
+from .automodel.match import lora_conflicts
+from .automodel.schema import MISSING as _MISSING
+from .automodel.schema import allowed_keys, class_defaults, defaults, field_specs, schema, target_name
+from .automodel.schema import strategy as _strategy
+from .automodel.values import dtype_name, translate_all
 from .diagnostics import Diagnostic, did_you_mean
-
-_MISSING = object()
 
 PREFIX = {"reject": "Automodel 0.7 would reject this",  # 0.7 raises before or at the start of training
           "misread": "Automodel 0.7 would silently train something else",  # 0.7 accepts it and trains something else
@@ -73,59 +74,7 @@ class Reject:
         return f"{PREFIX[self.effect]}: {self.what}"
 
 
-# ---------------------------------------------------------------------------------------------- data
-
-@lru_cache(maxsize=None)
-def schema() -> dict[str, Any]:
-    return knowledge.load("automodel/schema.yaml")
-
-
-@lru_cache(maxsize=None)
-def field_specs() -> dict[str, dict[str, Any]]:
-    """Per-path checks, with the `validation_*` twins of dataset/dataloader paths filled in."""
-    s = schema()
-    out = dict(s["fields"])
-    for alias, twin in s["aliases"].items():
-        for path, spec in s["fields"].items():
-            if path.startswith(twin + "."):
-                out.setdefault(alias + path[len(twin):], spec)
-    return out
-
-
-def _defaults() -> dict[str, Any]:
-    return knowledge.automodel_defaults()
-
-
-# ---------------------------------------------------------------------------------------------- loader
-
-def translate_value(v: Any) -> Any:
-    """nemo_automodel.components.config.loader.translate_value (every YAML string goes through it)."""
-    if not isinstance(v, str):
-        return v
-    if v in ("none", "None"):
-        return None
-    if v in ("true", "True"):
-        return True
-    if v in ("false", "False"):
-        return False
-    if len(v) > 1000:
-        return v
-    try:
-        return ast.literal_eval(v)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return v
-
-
-def translate_all(v: Any, key: str = "") -> Any:
-    """A whole config as 0.7's loader reads it (``_target_`` and ``*_fn`` strings are import paths, not literals)."""
-    if isinstance(v, dict):
-        return {k: translate_all(x, str(k)) for k, x in v.items()}
-    if isinstance(v, list):
-        return [translate_all(x) for x in v]
-    if key == "_target_" or key.endswith("_fn"):
-        return v
-    return translate_value(v)
-
+# ---------------------------------------------------------------------------------------------- shared pieces
 
 def get(cfg: Any, path: str, default: Any = None) -> Any:
     cur = cfg
@@ -135,8 +84,6 @@ def get(cfg: Any, path: str, default: Any = None) -> Any:
         cur = cur[p]
     return cur
 
-
-# ---------------------------------------------------------------------------------------------- shared pieces
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -173,100 +120,6 @@ def type_ok(v: Any, want: str) -> bool:
     if want == "dict":
         return isinstance(v, dict)
     return True
-
-
-def dtype_ok(dt: Any) -> bool:
-    return str(dt).lower().replace("torch.", "") in schema()["dtypes"]
-
-
-def normalize_dtype(dt: Any) -> str:
-    if dt is None or dt == "auto":
-        return "auto"
-    s = str(dt).lower().replace("torch.", "")
-    return schema()["dtypes"].get(s, s)
-
-
-def target_name(block: Any) -> str:
-    return str(block.get("_target_") or "").rsplit(".", 1)[-1] if isinstance(block, dict) else ""
-
-
-def _strategy(cfg: dict) -> str:
-    s = get(cfg, "distributed.strategy", "fsdp2")
-    return s.lower() if isinstance(s, str) else "fsdp2"
-
-
-def allowed_keys(section: str, block: dict, cfg: dict | None = None) -> set[str] | None:
-    """The keys a strict section accepts in 0.7 (None: not strict, or a class whose fields are not known here)."""
-    s = schema()
-    spec = s["sections"].get(section)
-    if not spec or not spec.get("strict"):
-        return None
-    keys = set(spec["fields"]) | set(spec.get("dropped", []))
-    if section in ("dataset", "validation_dataset"):
-        name = target_name(block)
-        if name in s["datasets"]:
-            return set(s["datasets"][name]["fields"]) | {"_target_", "tokenizer"}
-        if name not in ("", "ColumnMappedTextInstructionDataset"):
-            return None  # another class: its fields are not known here
-    if section == "distributed":
-        strat = _strategy({"distributed": block} if cfg is None else cfg)
-        if strat in s["strategies"]:
-            keys = set(spec["common"]) | set(s["strategies"][strat]) | set(spec.get("dropped", []))
-    return keys
-
-
-def lora_conflicts(peft: dict) -> list[str]:
-    """The exclusive LoRA selectors a peft block combines (ModuleMatcher.__post_init__, module_matcher.py:123-130):
-    "exclusive" (target_modules with exclude_modules), "match_all_linear" (with either list)."""
-    tm, ex = peft.get("target_modules") or [], peft.get("exclude_modules") or []
-    out = []
-    if tm and ex:
-        out.append("exclusive")
-    if peft.get("match_all_linear") and (tm or ex):
-        out.append("match_all_linear")
-    return out
-
-
-@dataclass(frozen=True)
-class LrParams:
-    warmup: Any
-    decay: Any
-    init: Any
-    max: Any
-    min: Any
-    style: str
-
-
-def lr_params(explicit: Callable[[str], Any], lr: float, total: int | None) -> LrParams:
-    """The OptimizerParamScheduler arguments LRSchedulerConfig.build passes (components/optim/optimizer.py:624-653);
-    ``explicit(key)`` is the lr_scheduler key's value or _MISSING/None when unset; ``total`` the run's steps."""
-    def g(k: str, default: Any) -> Any:
-        v = explicit(k)
-        return default if v is _MISSING or v is None else v
-
-    return LrParams(
-        warmup=g("lr_warmup_steps", min(1000, total // 10) if total else None),
-        decay=g("lr_decay_steps", total),
-        init=g("init_lr", 0.1 * lr), max=g("max_lr", lr), min=g("min_lr", 0.01 * lr),
-        style=str(g("lr_decay_style", "cosine")))
-
-
-def lr_violations(p: LrParams) -> list[tuple[str, str, str]]:
-    """OptimizerParamScheduler.__init__'s assertions that fail: (lr_scheduler key, the assertion, values)."""
-    out: list[tuple[str, str, str]] = []
-    nums = all(_is_num(x) for x in (p.init, p.max, p.min))
-    if nums and not p.min >= 0.0:
-        out.append(("min_lr", "assert self.min_lr >= 0.0 (scheduler.py:125)", f"min_lr {p.min:g}"))
-    if nums and not p.max >= p.min:
-        out.append(("min_lr", "assert self.max_lr >= self.min_lr (scheduler.py:126)", f"min_lr {p.min:g} > max_lr {p.max:g}"))
-    if nums and not p.init <= p.max:
-        out.append(("init_lr", "assert self.init_lr <= self.max_lr (scheduler.py:127)", f"init_lr {p.init:g} > max_lr {p.max:g}"))
-    if _is_num(p.decay) and not p.decay > 0:
-        out.append(("lr_decay_steps", "assert self.lr_decay_steps > 0 (scheduler.py:134)", f"lr_decay_steps {p.decay}"))
-    elif _is_num(p.decay) and _is_num(p.warmup) and not p.warmup < p.decay:
-        out.append(("lr_warmup_steps", "assert self.lr_warmup_steps < self.lr_decay_steps (scheduler.py:135)",
-                    f"lr_warmup_steps {p.warmup} >= lr_decay_steps {p.decay}"))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the checks
@@ -363,7 +216,7 @@ def _fields(cfg: dict) -> Iterator[Reject]:
         yield from _check_field(cfg, path, v, spec)
     for path in schema()["dtype_paths"]:
         v = get(cfg, path, _MISSING)
-        if isinstance(v, str) and not (path.startswith("model.") and v == "auto") and not dtype_ok(v):
+        if isinstance(v, str) and not (path.startswith("model.") and v == "auto") and dtype_name(v) is None:
             yield Reject(DTYPE, path, f"{path} {v!r} is not a dtype shared/utils.py dtype_from_str knows: "
                          f"raise KeyError(f'Unknown dtype string: {{val}}') (shared/utils.py:70)", "bfloat16, bf16, float32 or float16")
 
@@ -448,7 +301,7 @@ def _degree(v: Any) -> int:
 
 
 def _batch(cfg: dict, world: int | None) -> Iterator[Reject]:
-    d = _defaults()["step_scheduler"]
+    d = defaults()["step_scheduler"]
     gbs = get(cfg, "step_scheduler.global_batch_size", d["global_batch_size"])
     lbs = get(cfg, "step_scheduler.local_batch_size", d["local_batch_size"])
     if not world or not (_is_int(gbs) and _is_int(lbs) and gbs > 0 and lbs > 0):
@@ -480,48 +333,43 @@ def _lr_scheduler(cfg: dict) -> Iterator[Reject]:
                      "ValueError('lr_warmup_steps must be an integer step count') (components/optim/optimizer.py:606)",
                      "a number of warmup steps")
         return
-    torch_defaults = schema()["optimizers"].get(str(get(cfg, "optimizer._target_") or ""), {}).get("defaults", {})
+    torch_defaults = class_defaults("optimizer", get(cfg, "optimizer._target_"))
     lr = get(cfg, "optimizer.lr", torch_defaults.get("lr"))
     steps = get(cfg, "step_scheduler.max_steps")
     total = steps if _is_int(steps) and steps > 0 else None
     if not _is_num(lr) or not all(finite(x) for x in block.values() if _is_num(x)) or not finite(lr):
         return
-    p = lr_params(ex, float(lr), total)
-    for key, check, values in lr_violations(p):
-        if key == "lr_warmup_steps" and ex("lr_decay_steps") in (_MISSING, None):
-            if not (_is_num(p.warmup) and total and p.warmup >= total):
+    wd = get(cfg, "optimizer.weight_decay", torch_defaults.get("weight_decay"))
+    wd_known = _is_num(wd) and finite(wd)
+    p = schedule.build(block.get, base_lr=float(lr), base_wd=wd if wd_known else None, total_steps=total)
+    for v in schedule.violations(p):
+        if v.key in ("start_wd", "end_wd") and not wd_known:
+            continue
+        values = v.values
+        if v.key == "lr_warmup_steps" and ex("lr_decay_steps") in (_MISSING, None):
+            if not (_is_num(p.lr_warmup_steps) and total and p.lr_warmup_steps >= total):
                 continue
             values += f" (lr_decay_steps defaults to the run's steps, at most max_steps {total})"
-        yield Reject(LR_SCHED, f"lr_scheduler.{key}", f"{values}: OptimizerParamScheduler: {check}",
-                     {"lr_warmup_steps": "fewer warmup steps than decay steps (NeMo's warmup >= max_steps cannot be expressed: "
-                                         "set lr_decay_steps above the warmup)",
-                      "init_lr": "an init_lr not above the peak learning rate", "min_lr": "a min_lr between 0 and the peak learning rate",
-                      "lr_decay_steps": "a positive number of decay steps"}[key],
-                     ("optimizer.lr", "step_scheduler.max_steps", "lr_scheduler.lr_decay_steps"))
-    if p.style == "WSD" and ex("wsd_decay_steps") in (_MISSING, None):
-        yield Reject(LR_SCHED, "lr_scheduler.lr_decay_style", "lr_decay_style WSD without wsd_decay_steps: "
-                     "assert self.wsd_decay_steps is not None (components/optim/scheduler.py:139)", "set wsd_decay_steps")
-    wd = get(cfg, "optimizer.weight_decay", torch_defaults.get("weight_decay"))
-    if _is_num(wd) and finite(wd):
-        start, end = ex("start_wd"), ex("end_wd")
-        start = wd if start in (_MISSING, None) else start
-        end = wd if end in (_MISSING, None) else end
-        style = ex("wd_incr_style")
-        if _is_num(start) and _is_num(end):
-            if not start >= 0.0:
-                yield Reject(LR_SCHED, "lr_scheduler.start_wd", f"start_wd {start:g}: assert self.start_wd >= 0.0 (scheduler.py:143)",
-                             "a non-negative weight decay", ("optimizer.weight_decay",))
-            elif not end >= start:
-                yield Reject(LR_SCHED, "lr_scheduler.end_wd", f"end_wd {end:g} < start_wd {start:g}: assert self.end_wd >= self.start_wd "
-                             "(scheduler.py:144)", "end_wd >= start_wd", ("lr_scheduler.start_wd", "optimizer.weight_decay"))
-            elif style in (_MISSING, None, "constant") and start != end:
-                yield Reject(LR_SCHED, "lr_scheduler.end_wd", f"wd_incr_style constant with start_wd {start:g} != end_wd {end:g}: "
-                             "assert self.start_wd == self.end_wd (scheduler.py:206, at step(0))", "wd_incr_style linear or cosine, "
-                             "or equal start_wd and end_wd", ("lr_scheduler.start_wd", "lr_scheduler.wd_incr_style"))
-    if ex("override_opt_param_scheduler") is True and ex("use_checkpoint_opt_param_scheduler") is not False:
-        yield Reject(LR_SCHED, "lr_scheduler.override_opt_param_scheduler", "override_opt_param_scheduler with "
-                     "use_checkpoint_opt_param_scheduler (default true): assert not self.use_checkpoint_opt_param_scheduler, "
-                     "'both override and use-checkpoint are set.' (scheduler.py:151)", "set use_checkpoint_opt_param_scheduler: false")
+        fix, also = _LR_FIX[v.cond]
+        what = f"{values}: OptimizerParamScheduler: {v.check}" if v.key in schedule.LR_KEYS else f"{values}: {v.check}"
+        yield Reject(LR_SCHED, f"lr_scheduler.{v.key}", what, fix, also)
+
+
+_LR_ALSO = ("optimizer.lr", "step_scheduler.max_steps", "lr_scheduler.lr_decay_steps")
+_MIN_LR_FIX = "a min_lr between 0 and the peak learning rate"
+_LR_FIX = {  # the assertion (schedule.Violation.cond) -> (what the value must be, the other paths that take part)
+    "min_lr >= 0": (_MIN_LR_FIX, _LR_ALSO), "max_lr >= min_lr": (_MIN_LR_FIX, _LR_ALSO),
+    "init_lr <= max_lr": ("an init_lr not above the peak learning rate", _LR_ALSO),
+    "lr_decay_steps > 0": ("a positive number of decay steps", _LR_ALSO),
+    "lr_warmup_steps < lr_decay_steps": ("fewer warmup steps than decay steps (NeMo's warmup >= max_steps cannot be expressed: "
+                                         "set lr_decay_steps above the warmup)", _LR_ALSO),
+    "wsd_decay_steps is set for WSD": ("set wsd_decay_steps", ()),
+    "start_wd >= 0": ("a non-negative weight decay", ("optimizer.weight_decay",)),
+    "end_wd >= start_wd": ("end_wd >= start_wd", ("lr_scheduler.start_wd", "optimizer.weight_decay")),
+    "start_wd == end_wd for wd_incr_style constant": ("wd_incr_style linear or cosine, or equal start_wd and end_wd",
+                                                      ("lr_scheduler.start_wd", "lr_scheduler.wd_incr_style")),
+    "not both override and use-checkpoint": ("set use_checkpoint_opt_param_scheduler: false", ()),
+}
 
 
 def _columns(cfg: dict) -> Iterator[Reject]:

@@ -7,14 +7,10 @@ against its digest) so that a cold CLI start does not pay for YAML parsing.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import stat
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from .automodel import _data
 
 _HERE = Path(__file__).resolve().parent
 
@@ -26,74 +22,25 @@ def _find(dirname: str) -> Path:
     raise FileNotFoundError(f"nemo-migrate data folder '{dirname}' not found next to {_HERE}")
 
 
-MAPPINGS = _find("mappings")
+MAPPINGS = _data.MAPPINGS
 TEMPLATES = _find("templates")
 
 
-def _yaml_load(text: str) -> Any:
-    from ruamel.yaml import YAML
-
-    y = YAML(typ="safe", pure=False)
-    return y.load(text)
-
-
 def cache_dir() -> Path | None:
-    base = os.environ.get("NEMO_MIGRATE_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    path = Path(base) / "nemo-migrate" if base else Path.home() / ".cache" / "nemo-migrate"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "templates").mkdir(exist_ok=True)
-        return path
-    except OSError:
-        return None
-
-
-@lru_cache(maxsize=None)
-def load(relpath: str) -> Any:
-    """Parse ``mappings/<relpath>`` (YAML), through a JSON cache keyed by the file's content.
-
-    A cache entry is ``<sha256 of the JSON>\\n<JSON>``: one that does not match its digest (truncated, overwritten,
-    written by something else) is ignored and rewritten, never trusted."""
-    src = MAPPINGS / relpath
-    raw = src.read_bytes()
-    key = f"{relpath.replace('/', '__')}.{hashlib.sha256(raw).hexdigest()[:20]}.json"
-    cache = cache_dir()
-    if cache is not None:
-        hit = _read_entry(cache / key)
-        if hit is not None:
-            return hit
-    data = _yaml_load(raw.decode("utf-8"))
-    if cache is not None:
-        tmp = cache / (key + f".{os.getpid()}.tmp")
+    """The user's cache folder (with its ``templates/`` subfolder for compiled templates), or None if not writable."""
+    path = _data.cache_dir()
+    if path is not None:
         try:
-            text = json.dumps(data)
-            tmp.write_text(hashlib.sha256(text.encode()).hexdigest() + "\n" + text, encoding="utf-8")
-            os.replace(tmp, cache / key)
-        except (OSError, TypeError, ValueError):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    return data
+            (path / "templates").mkdir(exist_ok=True)
+        except OSError:
+            return None
+    return path
 
 
-def _read_entry(path: Path) -> Any:
-    """A cache entry's data, or None when it is missing, not a regular file, or does not match its digest."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            blob = fh.read(64 << 20)
-        digest, _, text = blob.partition(b"\n")
-        if hashlib.sha256(text).hexdigest().encode() != digest:
-            return None
-        return json.loads(text)
-    except (OSError, ValueError, RecursionError):
-        return None
-    finally:
-        os.close(fd)
+def load(relpath: str) -> Any:
+    """``mappings/<relpath>`` (YAML) as plain data, parsed once per process through the content-keyed JSON cache of
+    :mod:`nemo_migrate.automodel._data` (one loader for the whole package)."""
+    return _data.load(relpath)
 
 
 def classes() -> dict[str, Any]:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 import posixpath
-import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 from . import knowledge
-from .automodel_rules import _MISSING, lr_params, lr_violations
+from .automodel import match, schedule
+from .automodel.schema import MISSING as _MISSING
+from .automodel.schema import default as automodel_default
+from .automodel.schema import class_defaults, schema
+from .automodel.values import normalize_dtype
 from .ir import Status
 
 
@@ -63,27 +65,6 @@ class View(ABC):
         return ", ".join(out[:4]) + (", ..." if len(out) > 4 else "")
 
 
-@lru_cache(maxsize=None)
-def _defaults() -> dict[str, Any]:
-    return knowledge.automodel_defaults()
-
-
-def automodel_default(path: str) -> Any:
-    d = _defaults()
-    parts = path.split(".")
-    if len(parts) == 1:
-        v = d.get(parts[0], _MISSING)
-        return v.get("_value", _MISSING) if isinstance(v, dict) and "_value" in v else _MISSING
-    cur: Any = d
-    for p in parts:
-        if not isinstance(cur, dict) or p not in cur:
-            return _MISSING
-        cur = cur[p]
-    if isinstance(cur, str) and any(ch in cur for ch in "*()") and path.startswith("lr_scheduler."):
-        return _MISSING  # formula defaults are computed in lr_schedule()
-    return cur
-
-
 # ---------------------------------------------------------------------------------------------- facts
 
 @dataclass
@@ -126,7 +107,8 @@ def _status(view: View, *paths: str) -> tuple[Status, str] | None:
 
 def lr_schedule(view: View, total: int | None) -> tuple[list[float] | None, str, str | None]:
     """LR at each optimizer step 0..total-1 as Automodel 0.7 computes it (OptimizerParamScheduler, step(0) then step(1)
-    per step).  Returns (series, description, rejection)."""
+    per step: nemo_migrate.automodel.schedule, which the runtime's scheduler uses too).  Returns (series, description,
+    rejection)."""
     lr = view.get("optimizer.lr")
     if not isinstance(lr, (int, float)):
         return None, "unknown (no optimizer.lr)", None
@@ -135,29 +117,28 @@ def lr_schedule(view: View, total: int | None) -> tuple[list[float] | None, str,
         return ([lr] * total if total else None), f"constant {lr:.6g} (no lr_scheduler)", None
     if not total:
         return None, "unknown (no max_steps)", None
-    p = lr_params(lambda k: view.explicit(f"lr_scheduler.{k}"), lr, total)  # the arguments 0.7 passes, defaults included
-    W, D, init, mx, mn, style = int(p.warmup), int(p.decay), float(p.init), float(p.max), float(p.min), p.style
+
+    def explicit(k: str) -> Any:
+        v = view.explicit(f"lr_scheduler.{k}")
+        return None if v is _MISSING else v
+
+    p = schedule.build(explicit, base_lr=lr, base_wd=None, total_steps=total)  # the arguments 0.7 passes, defaults included
+    W, D, init, mx, mn, style = int(p.lr_warmup_steps), int(p.lr_decay_steps), float(p.init_lr), float(p.max_lr), float(p.min_lr), \
+        str(p.lr_decay_style)
     desc = f"{style}: warmup {W} from {init:.4g}, peak {mx:.4g}, to {mn:.4g} at step {D}"
-    violations = lr_violations(p)  # OptimizerParamScheduler's assertions (migrate/automodel_rules.py)
+    violations = [v for v in schedule.violations(p) if v.key in schedule.LR_KEYS]  # OptimizerParamScheduler's assertions
     if not W < D:
         return None, desc, f"lr_warmup_steps {W} >= lr_decay_steps {D}: AssertionError in OptimizerParamScheduler"
     if init > mx or mn > mx or D <= 0:
         return None, desc, "init_lr/min_lr above max_lr or decay steps <= 0: AssertionError"
     if violations:
-        return None, desc, f"{violations[0][2]}: AssertionError ({violations[0][1]})"
-    out = []
-    for n in range(total):
-        if W > 0 and n <= W:
-            out.append(init + (mx - init) * n / W)
-        elif style == "constant":
-            out.append(mx)
-        elif n > D:
-            out.append(mn)
-        else:
-            ratio = (n - W) / (D - W)
-            coeff = 1.0 - ratio if style == "linear" else 0.5 * (math.cos(math.pi * ratio) + 1.0)
-            out.append(mn + coeff * (mx - mn))
-    return out, desc, None
+        return None, desc, f"{violations[0].values}: AssertionError ({violations[0].check})"
+    if style == "WSD" and p.wsd_decay_steps is None:
+        return None, desc + " (no wsd_decay_steps)", None  # 0.7 asserts; reported with the file's other rejections
+    try:
+        return schedule.lr_series(p, total), desc, None
+    except (ValueError, TypeError, ZeroDivisionError) as e:  # a style 0.7 does not support: reported with the rest
+        return None, f"{desc} ({e})", None
 
 
 def _series_shown(s: list[float] | None, desc: str) -> str:
@@ -169,34 +150,10 @@ def _series_shown(s: list[float] | None, desc: str) -> str:
 
 # -- LoRA module sets ---------------------------------------------------------------------------
 
-@lru_cache(maxsize=4096)
-def _compile_wildcard(pattern: str) -> re.Pattern:
-    """Automodel 0.7's module_matcher._compile_wildcard_pattern semantics (a '.*' after a complete dotted segment or a
-    numeric index matches that segment's children or nothing)."""
-    parts = re.split(r"(\.?\*)", pattern)
-    rx = ""
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            rx += part
-        elif part == ".*" and (parts[i - 1].startswith(".") or (i == 1 and parts[0]) or re.search(r"\.\d+$", parts[i - 1])):
-            rx += r"(\..*)?"
-        else:
-            rx += "(.*)"
-    return re.compile("^" + rx + "$")
-
-
-def matches(pattern: str, fqn: str) -> bool:
-    return fqn == pattern or _compile_wildcard(pattern).match(fqn) is not None
-
-
 def linear_modules(family: str, layers: int) -> list[str]:
+    """The linear modules of a ``family`` model (its HF module names, mappings/modules.yaml) of ``layers`` blocks."""
     fam = knowledge.modules()["families"].get(family) or knowledge.modules()["families"]["llama"]
-    hf = []
-    for e in fam.values():
-        for h in e["hf"]:
-            if h not in hf:
-                hf.append(h)
-    return [f"model.layers.{i}.{h}" for i in range(layers) for h in hf] + ["lm_head"]
+    return match.linear_modules((h for e in fam.values() for h in e["hf"]), layers)
 
 
 def adapted(view: View, ctx: FactCtx) -> tuple[list[str] | None, str | None]:
@@ -212,15 +169,8 @@ def adapted(view: View, ctx: FactCtx) -> tuple[list[str] | None, str | None]:
         return None, "match_all_linear with target_modules: ValueError"
     if tm and ex:
         return None, "target_modules with exclude_modules: ValueError"
-    mods = linear_modules(ctx.family, ctx.layers)
-    if mal:
-        hit = mods
-    elif tm:
-        hit = [m for m in mods if any(matches(p, m) for p in tm)]
-    elif ex:
-        hit = [m for m in mods if not any(matches(p, m) for p in ex)]
-    else:
-        hit = [m for m in mods if matches("*_proj", m)]
+    tm, ex, mal = match.selectors(tm, ex, mal)
+    hit = [m for m in linear_modules(ctx.family, ctx.layers) if match.module_matches(m, True, tm, ex, mal)]
     by_leaf: dict[str, list[int]] = {}
     for m in hit:
         if m == "lm_head":
@@ -258,8 +208,6 @@ def facts(view: View, ctx: FactCtx, rejected: dict[str, str] | None = None) -> d
 
     g = view.get
     add("model", g("model.pretrained_model_name_or_path"), ["model.pretrained_model_name_or_path"])
-    from .sources.automodel_yaml import normalize_dtype
-
     dtype = normalize_dtype(g("model.dtype"))
     add("precision.model_dtype", dtype, ["model.dtype"])
     master = "fp32 master weights and Adam moments" if dtype in ("float32", "float64") else f"none ({dtype} weights, {dtype} Adam moments)"
@@ -294,17 +242,19 @@ def facts(view: View, ctx: FactCtx, rejected: dict[str, str] | None = None) -> d
     add("lr.schedule", series, ["lr_scheduler.lr_warmup_steps", "lr_scheduler.init_lr", "lr_scheduler.lr_decay_steps", "lr_scheduler.min_lr",
                                 "lr_scheduler.lr_decay_style", "optimizer.lr", "lr_scheduler"], shown=_series_shown(series, desc), rej=rej)
     opt = str(g("optimizer._target_") or "")
+    od = class_defaults("optimizer", opt)  # what 0.7's optimizer class uses for an absent key (defaults.yaml)
     wd = g("optimizer.weight_decay")
-    wd = float(wd) if isinstance(wd, (int, float)) else (0.01 if opt.endswith("AdamW") else 0.0)
+    wd = float(wd) if isinstance(wd, (int, float)) else float(od.get("weight_decay", 0.0))
     cls = opt.rsplit(".", 1)[-1]
     add("optimizer.class", "Adam(W) without weight decay" if wd == 0 and cls in ("Adam", "AdamW") else cls, ["optimizer._target_"],
         shown=cls + (" (no weight decay: Adam = AdamW)" if wd == 0 and cls in ("Adam", "AdamW") else ""))
     add("optimizer.lr", float(g("optimizer.lr")) if isinstance(g("optimizer.lr"), (int, float)) else g("optimizer.lr"), ["optimizer.lr"])
     betas = g("optimizer.betas")
-    betas = [float(x) for x in betas] if isinstance(betas, (list, tuple)) else ([0.9, 0.999] if cls in ("Adam", "AdamW") else None)
-    add("optimizer.betas", betas, ["optimizer.betas"])
+    betas = betas if isinstance(betas, (list, tuple)) else od.get("betas")
+    add("optimizer.betas", [float(x) for x in betas] if isinstance(betas, (list, tuple)) else None, ["optimizer.betas"])
     eps = g("optimizer.eps")
-    add("optimizer.eps", float(eps) if isinstance(eps, (int, float)) else (1e-8 if cls in ("Adam", "AdamW") else None), ["optimizer.eps"])
+    eps = eps if isinstance(eps, (int, float)) else od.get("eps")
+    add("optimizer.eps", float(eps) if isinstance(eps, (int, float)) else None, ["optimizer.eps"])
     add("optimizer.weight_decay", wd, ["optimizer.weight_decay"])
     pgo = g("optimizer.param_group_overrides") or []
     no_decay = any(isinstance(x, dict) and float(x.get("wd_mult", 1.0)) == 0.0 for x in pgo)
@@ -313,9 +263,10 @@ def facts(view: View, ctx: FactCtx, rejected: dict[str, str] | None = None) -> d
         "n/a (no weight decay)" if not wd else ("n/a (LoRA: every trainable weight is 2-D)" if lora_on else no_decay),
         ["optimizer.param_group_overrides"])
     clip = g("clip_grad_norm.max_norm")
-    add("clip_grad_norm", float(clip) if isinstance(clip, (int, float)) else 1.0, ["clip_grad_norm.max_norm"])
+    add("clip_grad_norm", float(clip if isinstance(clip, (int, float)) else automodel_default("clip_grad_norm.max_norm")),
+        ["clip_grad_norm.max_norm"])
     loss = str(g("loss_fn._target_") or "")
-    known = knowledge.load("automodel/schema.yaml")["losses"]
+    known = schema()["losses"]
     add("loss.reduction", "sum / label tokens of the whole step" if loss in known else f"unknown ({loss or 'no loss_fn'})", ["loss_fn._target_"],
         rej=None if loss else "loss_fn is required")
     has_peft = view.explicit("peft") is not _MISSING and g("peft") is not None

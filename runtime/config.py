@@ -1,86 +1,35 @@
 """Load an Automodel 0.7 YAML the way ``nemo_automodel.components.config`` does, without importing torch.
 
 * ``yaml.safe_load``'s values, read by ``safe_yaml.load`` (bounded size, aliases and depth; tags refused; every key's
-  line kept for messages) (YAML 1.1, so ``1e-8`` is a string until ``translate_value``), then every string scalar goes
-  through env interpolation (``${VAR}``, ``${VAR,default}``, ``$VAR``, ``${oc.env:VAR[,default]}``) and
-  ``translate_value`` (none/None -> None, true/false -> bool, else ``ast.literal_eval``, else the raw string).
-  ``_target_`` and ``*_fn`` strings are kept verbatim (Automodel resolves them to Python objects; the runtime maps
-  the known ones itself).
+  line kept for messages) (YAML 1.1, so ``1e-8`` is a string until ``translate_value``), then every value as
+  Automodel's loader reads it (:func:`nemo_migrate.automodel.values.translate_all`: env interpolation ``${VAR}``,
+  ``${VAR,default}``, ``$VAR``, ``${oc.env:VAR[,default]}``, then ``translate_value``; ``_target_`` and ``*_fn``
+  strings verbatim: Automodel resolves them to Python objects, the runtime maps the known ones itself).
 * ``--set a.b.c=value`` follows Automodel's CLI override: ``translate_value`` on the value, ``set_by_dotted`` creating
   missing intermediate mappings (replacing a non-mapping in the way).
-* dtype strings use ``dtype_from_str``'s table (case-insensitive, optional ``torch.`` prefix, only ``bf16`` as short
-  alias: ``fp32``/``fp16``/``bf16-mixed`` are rejected as Automodel rejects them).
+* dtype strings use ``dtype_from_str``'s table (:func:`nemo_migrate.automodel.values.dtype_name`: case-insensitive,
+  optional ``torch.`` prefix, only ``bf16`` as short alias: ``fp32``/``fp16``/``bf16-mixed`` are rejected as
+  Automodel rejects them).
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from ..automodel.values import FLOAT_DTYPES, EnvVarMissing, dtype_name, translate_all, translate_value
 from .errors import RunError
 
-_SPECIAL = {"none": None, "None": None, "true": True, "True": True, "false": False, "False": False}
 
-
-def translate_value(v: Any) -> Any:
-    """Automodel's ``translate_value``: strings become None/bool/literals where they parse, else stay strings."""
-    if not isinstance(v, str):
-        return v
-    if v in _SPECIAL:
-        return _SPECIAL[v]
-    if len(v) > 1000:
-        return v
+def _read(v: Any, *, file: str | None, key: str = "", path: str = "") -> Any:
+    """``v`` as Automodel's loader reads it, with the process environment; a missing variable is a RunError."""
     try:
-        return ast.literal_eval(v)
-    except Exception:  # noqa: BLE001 - literal_eval raises many types
-        return v
-
-
-_BRACED = re.compile(r"\$\{([^}]+)\}")
-_DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)")
-
-
-def resolve_env(value: str, *, file: str | None = None, key: str | None = None) -> str:
-    """Expand ``${VAR}``, ``${VAR,default}``, ``${oc.env:VAR}`` and ``$VAR`` in ``value`` (Automodel's rules)."""
-    if "$" not in value:
-        return value
-
-    def get(var: str, default: str | None, token: str) -> str:
-        if var in os.environ:
-            return os.environ[var]
-        if default is not None:
-            return default
-        raise RunError(f"environment variable {var!r} is not set (needed by {token!r})", file=file, key=key,
-                       hint=f"export {var}=... or write the value into the YAML")
-
-    def braced(m: re.Match[str]) -> str:
-        expr = m.group(1).strip()
-        if expr.startswith("oc.env:"):
-            expr = expr[len("oc.env:"):].strip()
-        if "," in expr:
-            var, default = (s.strip() for s in expr.split(",", 1))
-        else:
-            var, default = expr, None
-        return get(var, default, m.group(0))
-
-    value = _BRACED.sub(braced, value)
-    return _DOLLAR.sub(lambda m: get(m.group(1), None, m.group(0)), value)
-
-
-def _wrap(key: str, v: Any, *, file: str | None, path: str) -> Any:
-    if isinstance(v, dict):
-        return {k: _wrap(str(k), x, file=file, path=f"{path}.{k}" if path else str(k)) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_wrap("", x, file=file, path=f"{path}[{i}]") for i, x in enumerate(v)]
-    if key == "_target_" or key.endswith("_fn"):
-        return v
-    if isinstance(v, str) and "$" in v:
-        v = resolve_env(v, file=file, key=path)
-    return translate_value(v)
+        return translate_all(v, key, environ=os.environ, path=path)
+    except EnvVarMissing as e:
+        raise RunError(f"environment variable {e.var!r} is not set (needed by {e.token!r})", file=file, key=e.path or None,
+                       hint=f"export {e.var}=... or write the value into the YAML") from None
 
 
 def read_config_bytes(p: Path) -> bytes:
@@ -117,7 +66,7 @@ def load_yaml(path: str | Path, lines: dict[str, str] | None = None) -> dict[str
         raise RunError("the top level of the config must be a mapping", file=str(p), found=type(raw).__name__)
     if lines is not None:
         lines.update({k: f"{p}:{n}" for k, n in where.items()})
-    return _wrap("", raw, file=str(p), path="")
+    return _read(raw, file=str(p))
 
 
 def apply_override(cfg: dict[str, Any], item: str, *, file: str | None = None,
@@ -136,7 +85,7 @@ def apply_override(cfg: dict[str, Any], item: str, *, file: str | None = None,
         if not isinstance(node.get(p), dict):
             node[p] = {}
         node = node[p]
-    node[parts[-1]] = _wrap(parts[-1], translate_value(value), file=file, path=dotted)
+    node[parts[-1]] = _read(translate_value(value), file=file, key=parts[-1], path=dotted)
     if lines is not None:  # the value now comes from the command line
         for k in [k for k in lines if k == dotted or k.startswith((dotted + ".", dotted + "["))]:
             del lines[k]
@@ -166,17 +115,6 @@ def dump_yaml(cfg: dict[str, Any]) -> str:
     return yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False, default_flow_style=None, width=120)
 
 
-# dtype_from_str's table (nemo_automodel/shared/utils.py), as canonical torch attribute names.
-_DTYPE_LUT = {
-    "torch.float": "float32", "torch.float32": "float32", "torch.float64": "float64", "torch.double": "float64",
-    "torch.complex64": "complex64", "torch.cfloat": "complex64", "torch.float16": "float16",
-    "torch.half": "float16", "torch.bfloat16": "bfloat16", "torch.uint8": "uint8", "torch.int8": "int8",
-    "torch.int16": "int16", "torch.short": "int16", "torch.int32": "int32", "torch.int": "int32",
-    "torch.int64": "int64", "torch.long": "int64", "torch.bool": "bool", "bf16": "bfloat16",
-}
-_FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
-
-
 def parse_dtype(val: Any, *, file: str | None, key: str, allow_auto: bool = False,
                 floating: bool = True) -> str | None:
     """Canonical dtype name for a YAML dtype string, as ``dtype_from_str`` accepts it (None stays None)."""
@@ -184,11 +122,9 @@ def parse_dtype(val: Any, *, file: str | None, key: str, allow_auto: bool = Fals
         return None
     if allow_auto and isinstance(val, str) and val.lower() == "auto":
         return "auto"
-    if isinstance(val, str):
-        low = val.lower()
-        name = _DTYPE_LUT.get(low) or _DTYPE_LUT.get("torch." + low)
-        if name is not None and (not floating or name in _FLOAT_DTYPES):
-            return name
+    name = dtype_name(val)
+    if name is not None and (not floating or name in FLOAT_DTYPES):
+        return name
     hints = {"fp32": "float32", "fp16": "float16", "bf16-mixed": "bfloat16", "16-mixed": "float16",
              "32": "float32", "fp64": "float64"}
     alt = hints.get(str(val).lower())

@@ -1,8 +1,7 @@
 """LoRA with Automodel 0.7 semantics, hand-written (no peft injection), plus a NeMo-style tied-A fused mode.
 
-* Matching: 0.7's ``ModuleMatcher`` on full module FQNs (``name == pattern`` or the anchored wildcard regex, with
-  0.7.0's rule that ``.*`` after a complete dotted segment or numeric index means "children or nothing"); only
-  ``nn.Linear`` modules (torchao ``Float8Linear`` included) are patched.
+* Matching: 0.7's ``ModuleMatcher`` on full module FQNs (:mod:`nemo_migrate.automodel.match`, the one matcher
+  ``diff`` uses too); only ``nn.Linear`` modules (torchao ``Float8Linear`` included) are patched.
 * A patched linear keeps its class's forward for the base path (so a Float8Linear base stays FP8) and adds
   ``lora_B(lora_A(x) * scale)`` with ``scale = alpha / dim``; dropout on x (``pre``) or on the LoRA output
   (``post``); ``lora_A`` init xavier_normal_ for ``xavier`` else kaiming_uniform_(a=sqrt(5)); ``lora_B`` zero;
@@ -15,14 +14,14 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..automodel.match import module_matches
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -34,37 +33,13 @@ except ImportError:  # pragma: no cover - torch without distributed
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1024)
-def _wildcard_regex(pattern: str) -> re.Pattern:
-    parts = re.split(r"(\.?\*)", pattern)
-    out = ""
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            out += part
-        elif part == ".*" and (parts[i - 1].startswith(".") or (i == 1 and parts[0])
-                               or re.search(r"\.\d+$", parts[i - 1])):
-            out += r"(\..*)?"
-        else:
-            out += "(.*)"
-    return re.compile("^" + out + "$")
-
-
-def wildcard_match(pattern: str, name: str) -> bool:
-    return name is not None and _wildcard_regex(pattern).match(name) is not None
-
-
 def is_linear(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear)
 
 
 def matches(spec, module: nn.Module, name: str) -> bool:
     """0.7's ModuleMatcher.match for one module FQN."""
-    if spec.match_all_linear and is_linear(module):
-        return True
-    if spec.target_modules:
-        return any(name == p or wildcard_match(p, name) for p in spec.target_modules)
-    return (name not in spec.exclude_modules and not any(wildcard_match(p, name) for p in spec.exclude_modules)
-            and is_linear(module))
+    return module_matches(name, is_linear(module), spec.target_modules, spec.exclude_modules, spec.match_all_linear)
 
 
 def find_targets(model: nn.Module, spec) -> list[str]:

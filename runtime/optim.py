@@ -6,10 +6,10 @@
   multipliers (so, as in 0.7, they do nothing without an ``lr_scheduler`` section). ``nemo_compat.no_decay_1d``
   additionally splits biases and 1-D params of each group into a ``wd_mult: 0`` sibling (weight decay 0 even
   without a scheduler).
-* ``OptimizerParamScheduler``: Megatron-style warmup (linear from init_lr), then cosine/linear/constant/WSD/
-  inverse-square-root to min_lr over lr_decay_steps; ``step(0)`` at construction, ``step(1)`` per optimizer step.
-  Defaults when keys are absent: warmup min(1000, total//10), init_lr 0.1*lr, max_lr lr, min_lr 0.01*lr,
-  decay steps = total = min(num_epochs*epoch_len, max_steps).
+* ``OptimizerParamScheduler``: 0.7's scheduler on a torch optimizer: the schedule (warmup, cosine/linear/constant/
+  WSD/inverse-square-root decay, weight-decay increment), its assertions and the values of absent keys are
+  :mod:`nemo_migrate.automodel.schedule`'s (the functions ``diff`` computes the LR with); this class only applies
+  them to the param groups: ``step(0)`` at construction, ``step(1)`` per optimizer step, per-group multipliers.
 * ``StepScheduler``: grad_acc = GBS/(LBS*dp); yields lists of micro-batches (a short list at epoch end still
   counts as a step); val/ckpt/last-step predicates and state exactly as 0.7 (state saves step+1).
 """
@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import importlib
-import math
 import re
+from dataclasses import asdict, replace
 from math import ceil
 from typing import Any, Iterator
 
 import torch
 
+from ..automodel import schedule
 from .errors import RunError
 
 _CKPT_WRAP = "_checkpoint_wrapped_module."
@@ -110,100 +111,56 @@ def _as_float(v):
         return None
 
 
+def _set_group_mults(optimizer) -> None:
+    """Each group's constructed lr / weight_decay as ``lr_mult`` / ``wd_mult`` relative to group 0, unless it carries
+    its own (components/optim/scheduler.py:26-51 ``_set_group_mults``)."""
+    base_lr = _as_float(optimizer.param_groups[0]["lr"])
+    base_wd = _as_float(optimizer.param_groups[0].get("weight_decay", 0.0))
+    for g in optimizer.param_groups:
+        lr, wd = _as_float(g["lr"]), _as_float(g.get("weight_decay", 0.0))
+        if "lr_mult" not in g and "max_lr" not in g and "min_lr" not in g:
+            g["lr_mult"] = lr / base_lr if base_lr and lr is not None else 1.0
+        if "wd_mult" not in g:
+            g["wd_mult"] = wd / base_wd if base_wd and wd is not None else 1.0
+
+
 class OptimizerParamScheduler:
-    def __init__(self, optimizer, *, init_lr: float, max_lr: float, min_lr: float, lr_warmup_steps: int,
-                 lr_decay_steps: int, lr_decay_style: str, start_wd: float, end_wd: float, wd_incr_steps: int,
-                 wd_incr_style: str, wsd_decay_steps: int | None = None, lr_wsd_decay_style: str | None = None):
+    """components/optim/scheduler.py OptimizerParamScheduler: arguments as its ``__init__`` takes them."""
+
+    def __init__(self, optimizer, **kwargs: Any):
         self.optimizer = optimizer
-        self.init_lr, self.max_lr, self.min_lr = float(init_lr), float(max_lr), float(min_lr)
-        self.lr_warmup_steps, self.lr_decay_steps, self.lr_decay_style = lr_warmup_steps, lr_decay_steps, lr_decay_style
-        self.start_wd, self.end_wd, self.wd_incr_steps, self.wd_incr_style = start_wd, end_wd, wd_incr_steps, \
-            wd_incr_style
-        self.wsd_decay_steps, self.lr_wsd_decay_style = wsd_decay_steps, lr_wsd_decay_style
+        self.schedule = schedule.LrSchedule(**kwargs)
+        bad = schedule.violations(self.schedule)
+        if bad:
+            raise RunError(f"Automodel 0.7 asserts {bad[0].cond}", key="lr_scheduler",
+                           found={k: kwargs.get(k) for k in ("init_lr", "max_lr", "min_lr", "lr_warmup_steps",
+                                                             "lr_decay_steps")},
+                           hint="for a warmup covering the whole run set lr_decay_steps > lr_warmup_steps")
         self.num_steps = 0
-        checks = [(self.min_lr >= 0.0, "min_lr >= 0"), (self.max_lr >= self.min_lr, "max_lr >= min_lr"),
-                  (self.init_lr <= self.max_lr, "init_lr <= max_lr"), (lr_decay_steps > 0, "lr_decay_steps > 0"),
-                  (lr_warmup_steps < lr_decay_steps, "lr_warmup_steps < lr_decay_steps"),
-                  (start_wd >= 0.0 and end_wd >= start_wd, "0 <= start_wd <= end_wd")]
-        for ok, what in checks:
-            if not ok:
-                raise RunError(f"Automodel 0.7 asserts {what}", key="lr_scheduler",
-                               found={"init_lr": init_lr, "max_lr": max_lr, "min_lr": min_lr,
-                                      "lr_warmup_steps": lr_warmup_steps, "lr_decay_steps": lr_decay_steps},
-                               hint="for a warmup covering the whole run set lr_decay_steps > lr_warmup_steps")
-        base_lr = _as_float(optimizer.param_groups[0]["lr"])
-        base_wd = _as_float(optimizer.param_groups[0].get("weight_decay", 0.0))
-        for g in optimizer.param_groups:
-            lr, wd = _as_float(g["lr"]), _as_float(g.get("weight_decay", 0.0))
-            if "lr_mult" not in g and "max_lr" not in g and "min_lr" not in g:
-                g["lr_mult"] = lr / base_lr if base_lr and lr is not None else 1.0
-            if "wd_mult" not in g:
-                g["wd_mult"] = wd / base_wd if base_wd and wd is not None else 1.0
+        _set_group_mults(optimizer)
         self.step(0)
 
-    def get_wd(self) -> float:
-        if self.num_steps > self.wd_incr_steps:
-            return self.end_wd
-        if self.wd_incr_style == "constant":
-            return self.end_wd
-        ratio = float(self.num_steps) / float(self.wd_incr_steps)
-        coeff = ratio if self.wd_incr_style == "linear" else 0.5 * (math.cos(math.pi * (1 - ratio)) + 1.0)
-        return self.start_wd + coeff * (self.end_wd - self.start_wd)
-
-    def get_lr(self, group: dict) -> float:
-        max_lr = float(group.get("max_lr", self.max_lr))
-        min_lr = float(group.get("min_lr", self.min_lr))
-        n = self.num_steps
-        if self.lr_warmup_steps > 0 and n <= self.lr_warmup_steps:
-            return self.init_lr + (max_lr - self.init_lr) * float(n) / float(self.lr_warmup_steps)
-        if self.lr_decay_style == "constant":
-            return max_lr
-        if n > self.lr_decay_steps:
-            return min_lr
-        if self.lr_decay_style == "inverse-square-root":
-            w = max(self.lr_warmup_steps, 1)
-            return float(max(min_lr, max_lr * w ** 0.5 / (max(n, 1) ** 0.5)))
-        ratio = float(n - self.lr_warmup_steps) / float(self.lr_decay_steps - self.lr_warmup_steps)
-        if self.lr_decay_style == "linear":
-            coeff = 1.0 - ratio
-        elif self.lr_decay_style == "cosine":
-            coeff = 0.5 * (math.cos(math.pi * ratio) + 1.0)
-        elif self.lr_decay_style == "WSD":
-            start = self.lr_decay_steps - self.wsd_decay_steps
-            if n <= start:
-                coeff = 1.0
-            else:
-                r = float(n - start) / float(self.wsd_decay_steps)
-                coeff = {"linear": 1.0 - r, "cosine": 0.5 * (math.cos(math.pi * r) + 1.0),
-                         "exponential": 2.0 * math.pow(0.5, r) - 1.0, "minus_sqrt": 1.0 - math.sqrt(r)}.get(
-                    self.lr_wsd_decay_style)
-                if coeff is None:
-                    raise RunError("WSD needs lr_wsd_decay_style", key="lr_scheduler.lr_wsd_decay_style",
-                                   expected="linear, cosine, exponential or minus_sqrt",
-                                   found=self.lr_wsd_decay_style)
-        else:
-            raise RunError("unknown decay style", key="lr_scheduler.lr_decay_style", found=self.lr_decay_style)
-        return min_lr + coeff * (max_lr - min_lr)
+    def __getattr__(self, name: str) -> Any:  # init_lr, max_lr, lr_warmup_steps, ...: the schedule's arguments
+        if name != "schedule" and name in schedule.LrSchedule.__dataclass_fields__:
+            return getattr(self.schedule, name)
+        raise AttributeError(name)
 
     def step(self, increment: int) -> None:
         self.num_steps += increment
-        wd = self.get_wd()
+        wd = schedule.wd_at(self.schedule, self.num_steps)
         for g in self.optimizer.param_groups:
-            g["lr"] = self.get_lr(g) * g.get("lr_mult", 1.0)
+            lr = schedule.lr_at(self.schedule, self.num_steps, max_lr=g.get("max_lr"), min_lr=g.get("min_lr"))
+            g["lr"] = lr * g.get("lr_mult", 1.0)
             g["weight_decay"] = wd * g.get("wd_mult", 1.0)
 
+    _STATE = ("max_lr", "lr_warmup_steps", "num_steps", "lr_decay_style", "lr_decay_steps", "min_lr", "start_wd",
+              "end_wd", "wd_incr_style", "wd_incr_steps")  # scheduler.py state_dict
+
     def state_dict(self) -> dict[str, Any]:
-        return {"max_lr": self.max_lr, "lr_warmup_steps": self.lr_warmup_steps, "num_steps": self.num_steps,
-                "lr_decay_style": self.lr_decay_style, "lr_decay_steps": self.lr_decay_steps, "min_lr": self.min_lr,
-                "start_wd": self.start_wd, "end_wd": self.end_wd, "wd_incr_style": self.wd_incr_style,
-                "wd_incr_steps": self.wd_incr_steps}
+        return {k: self.num_steps if k == "num_steps" else getattr(self.schedule, k) for k in self._STATE}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:  # use_checkpoint_opt_param_scheduler=True (0.7 default)
-        self.max_lr, self.min_lr = sd["max_lr"], sd["min_lr"]
-        self.lr_warmup_steps, self.lr_decay_steps = sd["lr_warmup_steps"], sd["lr_decay_steps"]
-        self.lr_decay_style = sd["lr_decay_style"]
-        self.start_wd, self.end_wd = sd["start_wd"], sd["end_wd"]
-        self.wd_incr_steps, self.wd_incr_style = sd["wd_incr_steps"], sd["wd_incr_style"]
+        self.schedule = replace(self.schedule, **{k: sd[k] for k in self._STATE if k != "num_steps"})
         self.num_steps = 0
         self.step(sd["num_steps"])
 
@@ -233,24 +190,12 @@ class ExplicitLR:
 
 
 def build_lr_scheduler(optimizer, cfg: dict[str, Any] | None, *, total_steps: int):
+    """LRSchedulerConfig.build: absent keys from the optimizer's group 0 and the run's total steps."""
     if cfg is None:
         return None
-    base_lr = optimizer.param_groups[0]["lr"]
-    base_wd = optimizer.param_groups[0].get("weight_decay", 0.0)
-    g = cfg.get
-
-    def pick(key, default):
-        v = g(key)
-        return default if v is None else v
-
-    return OptimizerParamScheduler(
-        optimizer,
-        init_lr=pick("init_lr", base_lr * 0.1), max_lr=pick("max_lr", base_lr), min_lr=pick("min_lr", base_lr * 0.01),
-        lr_warmup_steps=int(pick("lr_warmup_steps", min(1000, total_steps // 10))),
-        lr_decay_steps=int(pick("lr_decay_steps", total_steps)), lr_decay_style=pick("lr_decay_style", "cosine"),
-        start_wd=pick("start_wd", base_wd), end_wd=pick("end_wd", base_wd),
-        wd_incr_steps=int(pick("wd_incr_steps", total_steps)), wd_incr_style=pick("wd_incr_style", "constant"),
-        wsd_decay_steps=g("wsd_decay_steps"), lr_wsd_decay_style=g("lr_wsd_decay_style"))
+    g0 = optimizer.param_groups[0]
+    s = schedule.build(cfg.get, base_lr=g0["lr"], base_wd=g0.get("weight_decay", 0.0), total_steps=total_steps)
+    return OptimizerParamScheduler(optimizer, **asdict(s))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 Every section is checked the way 0.7 checks it (strict dataclass sections reject unknown keys; lenient ones warn
 here instead of ignoring silently), plus the runtime's own limits (what it does not implement fails clearly).
+Which keys a section takes and what an absent key means are Automodel 0.7's schema and defaults
+(:mod:`nemo_migrate.automodel.schema`, from mappings/automodel/*.yaml; the runtime's own ``nemo_compat`` section is
+declared there too).  Every problem of a config is reported together: one RunError listing each with its
+``file:line`` and key (:class:`ConfigErrors`), as the compiler reports its diagnostics.
 Nothing here imports torch at module import; a few checks import it lazily (optimizer signatures).
 """
 
@@ -13,73 +17,13 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ..automodel.match import lora_conflicts
+from ..automodel.schema import MISSING, class_defaults, dataset_fields, default, ours, schema, section_keys, \
+    strategy_keys, top_level
 from .config import parse_dtype
 from .errors import RunError
-
-# ----------------------------------------------------------------------------------------------------------------
-# Known keys
-# ----------------------------------------------------------------------------------------------------------------
-
-KNOWN_TOP_LEVEL = {
-    "recipe", "seed", "rng", "dist_env", "model", "distributed", "peft", "fp8", "compile", "quantization", "qat",
-    "sdpa_method", "loss_fn", "optimizer", "lr_scheduler", "clip_grad_norm", "step_scheduler", "dataset",
-    "dataloader", "validation_dataloader", "packed_sequence", "checkpoint", "wandb", "mlflow", "comet", "prewarm",
-    "mfu", "embedding_row_repair", "neftune", "moe_metrics", "tool_call_eval", "nvtx", "freeze_config",
-    "domain_mixture", "ci", "benchmark", "nemo_compat", "skypilot", "nemo_run", "mtp",
-}
-
-STEP_SCHEDULER_KEYS = {
-    "global_batch_size", "local_batch_size", "num_epochs", "max_steps", "ckpt_every_steps",
-    "save_checkpoint_every_epoch", "validate_on_checkpoint", "val_every_steps", "log_remote_every_steps",
-    "loss_average_window_steps", "gc_every_steps", "start_step", "start_epoch", "preemption_signal",
-    "dp_size", "dataloader",
-}
-DIST_SIZE_KEYS = {"tp_size", "pp_size", "cp_size", "ep_size", "dp_size", "dp_replicate_size"}
-DIST_META_KEYS = {"strategy", "pipeline", "moe", "activation_checkpointing", "_target_", "_recursive_", "_convert_"}
-FSDP2_KEYS = {
-    "sequence_parallel", "tp_plan", "patch_is_packed_sequence", "mp_policy", "offload_policy", "autocast_dtype",
-    "activation_checkpointing_scope", "defer_fsdp_grad_sync", "reshard_after_forward",
-    "enable_async_tensor_parallel", "enable_compile", "enable_fsdp2_prefetch", "fsdp2_backward_prefetch_depth",
-    "fsdp2_forward_prefetch_depth", "multimodal",
-}
-DDP_KEYS = {"activation_checkpointing_scope", "broadcast_buffers", "find_unused_parameters", "static_graph",
-            "bucket_cap_mb", "gradient_as_bucket_view", "autocast_dtype"}
-MP_POLICY_KEYS = {"param_dtype", "reduce_dtype", "output_dtype", "cast_forward_inputs", "_target_"}
-PEFT_KEYS = {"target_modules", "exclude_modules", "match_all_linear", "dim", "alpha", "use_dora", "dropout",
-             "dropout_position", "lora_A_init", "lora_dtype", "use_memory_efficient_lora", "use_triton",
-             "moe_rank_scaling", "expert_weight_format", "_target_"}
-FP8_KEYS = {"enabled", "recipe_name", "enable_fsdp_float8_all_gather", "precompute_float8_dynamic_scale_for_fsdp",
-            "force_recompute_fp8_weight_in_bwd", "filter_fqns", "emulate", "_target_"}
-LR_KEYS = {"lr_warmup_steps", "lr_decay_steps", "lr_decay_style", "init_lr", "max_lr", "min_lr", "start_wd",
-           "end_wd", "wd_incr_steps", "wd_incr_style", "use_checkpoint_opt_param_scheduler",
-           "override_opt_param_scheduler", "wsd_decay_steps", "lr_wsd_decay_style"}
-CKPT_KEYS = {"enabled", "checkpoint_dir", "model_save_format", "model_cache_dir", "model_repo_id",
-             "save_consolidated", "is_peft", "model_state_dict_keys", "is_async", "wait_for_staging", "cpu_offload",
-             "allow_legacy_pickle_restore", "dequantize_base_checkpoint", "original_model_root_dir",
-             "skip_task_head_prefixes_for_base_model", "single_rank_consolidation", "staging_dir", "v4_compatible",
-             "legacy_paramwrapper_layout", "diffusers_compatible", "best_metric_key",
-             "consolidation_timeout_minutes", "max_recent_checkpoints", "restore_from"}
-COLUMN_MAPPED_KEYS = {"path_or_dataset_id", "column_mapping", "split", "name", "answer_only_loss_mask",
-                      "seq_length", "padding", "truncation", "limit_dataset_samples", "use_hf_chat_template"}
-CHAT_KEYS = {"path_or_dataset_id", "split", "name", "seq_length", "padding", "truncation", "start_of_turn_token",
-             "chat_template", "shuffle_seed", "mask_reasoning_content", "mask_history", "unshifted",
-             "skip_invalid_samples", "mask_generation_prompt"}  # ChatDatasetConfig's fields (0.7.0)
-MOCK_KEYS = {"vocab_size", "seq_len", "num_samples", "batch_size", "exclude_token_ids"}
-DATALOADER_KEYS = {"_target_", "shuffle", "group_by_length", "shuffle_buffer_size", "batch_size", "num_workers",
-                   "pin_memory", "persistent_workers", "prefetch_factor", "drop_last", "collate_fn",
-                   "dataloader_type", "dataset"}
-PACKED_KEYS = {"packed_sequence_size", "packing_strategy", "max_packs", "prepacked", "num_proc",
-               "drop_long_samples", "pad_to_multiple_of", "split_across_pack"}
-COMPILE_KEYS = {"enabled", "mode", "fullgraph", "dynamic", "backend", "options", "dynamo_cache_size_limit"}
-NEMO_COMPAT_KEYS = {"lora_tied_a", "loss_reduction", "master_weights", "no_decay_1d", "lr_values", "init_adapter",
-                    "save_init_adapter"}
-MODEL_KEYS = {"_target_", "pretrained_model_name_or_path", "config", "dtype", "torch_dtype", "attn_implementation",
-              "force_hf", "trust_remote_code", "use_liger_kernel", "use_sdpa_patching", "sdpa_method", "backend",
-              "load_base_model", "cache_dir", "revision", "output_hidden_states", "is_meta_device",
-              "local_files_only", "low_cpu_mem_usage"}
-MASKED_CE_KEYS = {"_target_", "fp32_upcast", "ignore_index", "reduction"}
 
 _COLUMN_MAPPED = ("ColumnMappedTextInstructionDataset", "ColumnMappedTextInstructionDatasetConfig")
 _MOCK = ("MockIterableDataset", "MockIterableDatasetConfig")
@@ -271,11 +215,29 @@ class Spec:
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
 
+class ConfigErrors(RunError):
+    """Every problem of a config, reported together (``errors``: one RunError each, in the order they were found);
+    its own file/key/message are the first one's."""
+
+    def __init__(self, errors: list[RunError]):
+        self.errors = list(errors)
+        e = errors[0]
+        super().__init__(e.message, file=e.file, key=e.key, expected=e.expected, found=e.found, hint=e.hint)
+
+    def render(self) -> str:
+        return (f"{len(self.errors)} problems in the config (all of them; fix them together):\n"
+                + "\n".join(f"  - {e.render()}" for e in self.errors))
+
+
+FAILED: Any = object()  # a section whose check failed (its errors are recorded)
+
+
 class _Ctx:
     def __init__(self, file: str, lines: dict[str, str] | None = None):
         self.file = file
         self.lines = lines or {}
         self.notes: list[str] = []
+        self.errors: list[RunError] = []
 
     def where(self, key: str) -> str:
         """``file:line`` (or ``--set ...``) of a dotted key, else of its nearest parent that has one, else the file."""
@@ -289,8 +251,42 @@ class _Ctx:
     def err(self, key: str, message: str, **kw) -> RunError:
         return RunError(message, file=self.where(key), key=key, **kw)
 
+    def add(self, e: RunError) -> None:
+        """Record a problem and go on (one per value: a later consequence of the same value, or of a value inside
+        it or around it, is not repeated)."""
+        def related(a: str, b: str) -> bool:
+            return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
+
+        if e.key is None or not any(x.key and related(x.key, e.key) for x in self.errors):
+            self.errors.append(e)
+
+    def section(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run one section's check; a problem it raises is recorded and FAILED stands for its result."""
+        try:
+            return fn(*args, **kw)
+        except RunError as e:
+            self.add(e)
+            return FAILED
+
+    def value(self, fn: Callable[..., Any], v: Any, key: str, fallback: Any, **kw: Any) -> Any:
+        """Check one value (``fn(v, ctx, key, **kw)``); a problem is recorded and ``fallback`` stands in for it, so
+        that the rest of the section is checked too."""
+        try:
+            return fn(v, self, key, **kw)
+        except RunError as e:
+            self.add(e)
+            return fallback
+
     def note(self, msg: str) -> None:
         self.notes.append(msg)
+
+
+def _d(path: str) -> Any:
+    """Automodel 0.7's value of an absent key (mappings/automodel/defaults.yaml)."""
+    v = default(path)
+    if v is MISSING:
+        raise KeyError(f"mappings/automodel/defaults.yaml has no default for {path}")
+    return v
 
 
 def _section(cfg: dict, name: str, ctx: _Ctx, *, required: bool = False) -> dict | None:
@@ -304,16 +300,15 @@ def _section(cfg: dict, name: str, ctx: _Ctx, *, required: bool = False) -> dict
     return v
 
 
-def _unknown(sec: dict, known: set[str], ctx: _Ctx, name: str, *, what: str | None = None) -> None:
-    bad = sorted(k for k in sec if k not in known)
-    if bad:
-        import difflib
+def _unknown(sec: dict, known: set[str] | frozenset[str], ctx: _Ctx, name: str, *, what: str | None = None) -> None:
+    """Every key of ``sec`` that is not in ``known`` is recorded as a problem (the section is checked on)."""
+    import difflib
 
-        k = bad[0]
-        close = difflib.get_close_matches(k, sorted(known), n=1)
-        raise ctx.err(f"{name}.{k}", f"unknown key in `{name}` ({what or 'a strict section in Automodel 0.7'})",
-                      expected="one of " + ", ".join(sorted(x for x in known if not x.startswith("_"))),
-                      found=k, hint=f"did you mean `{close[0]}`?" if close else "remove the key")
+    for k in sorted((k for k in sec if k not in known), key=str):
+        close = difflib.get_close_matches(str(k), sorted(known), n=1)
+        ctx.add(ctx.err(f"{name}.{k}", f"unknown key in `{name}` ({what or 'a strict section in Automodel 0.7'})",
+                        expected="one of " + ", ".join(sorted(x for x in known if not x.startswith("_"))),
+                        found=k, hint=f"did you mean `{close[0]}`?" if close else "remove the key"))
 
 
 MAX_TOKENS = 2**21  # a sequence longer than this exceeds every model's context (and exhausts memory when padded)
@@ -356,12 +351,12 @@ def _finite(node: Any, ctx: _Ctx, key: str = "") -> None:
         elif isinstance(v, (list, tuple)):
             todo.extend((f"{k}[{i}]", y) for i, y in reversed(list(enumerate(v))))
         elif isinstance(v, float) and not math.isfinite(v):
-            raise ctx.err(k, "is not a finite number: training with it would make the weights NaN", found=v,
-                          hint="write a finite value (`.inf`, `.nan` and overflowing numbers such as `1e400` are not)"
-                               + ("; a large finite max_norm such as 1e9 never clips" if k.endswith("max_norm")
-                                  else ""))
+            ctx.add(ctx.err(k, "is not a finite number: training with it would make the weights NaN", found=v,
+                            hint="write a finite value (`.inf`, `.nan` and overflowing numbers such as `1e400` are not)"
+                                 + ("; a large finite max_norm such as 1e9 never clips" if k.endswith("max_norm")
+                                    else "")))
         elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
-            raise ctx.err(k, "integer wider than 64 bits", found=f"{str(v)[:20]}... ({len(str(v))} digits)")
+            ctx.add(ctx.err(k, "integer wider than 64 bits", found=f"{str(v)[:20]}... ({len(str(v))} digits)"))
 
 
 def _path(v: Any, ctx: _Ctx, key: str) -> Path:
@@ -408,77 +403,87 @@ def has_weights(path: str | Path) -> bool:
 
 def _step(cfg: dict, ctx: _Ctx) -> dict:
     sec = _section(cfg, "step_scheduler", ctx) or {}
-    _unknown(sec, STEP_SCHEDULER_KEYS, ctx, "step_scheduler")
+    _unknown(sec, section_keys("step_scheduler"), ctx, "step_scheduler")
     k = "step_scheduler."
+
+    def val(key: str, fn: Callable[..., Any], **kw: Any) -> Any:
+        return ctx.value(fn, sec.get(key, _d(k + key)), k + key, _d(k + key), **kw)
+
     out = {
-        "global_batch_size": _int(sec.get("global_batch_size", 32), ctx, k + "global_batch_size", minimum=1),
-        "local_batch_size": _int(sec.get("local_batch_size", 1), ctx, k + "local_batch_size", minimum=1),
-        "num_epochs": _int(sec.get("num_epochs", 10), ctx, k + "num_epochs", minimum=1, allow_none=True),
-        "max_steps": _int(sec.get("max_steps"), ctx, k + "max_steps", minimum=1, allow_none=True),
-        "ckpt_every_steps": _int(sec.get("ckpt_every_steps", 100), ctx, k + "ckpt_every_steps", minimum=1,
-                                 allow_none=True),
-        "save_checkpoint_every_epoch": _bool(sec.get("save_checkpoint_every_epoch", True), ctx,
-                                             k + "save_checkpoint_every_epoch"),
-        "validate_on_checkpoint": _bool(sec.get("validate_on_checkpoint", True), ctx, k + "validate_on_checkpoint"),
-        "val_every_steps": _int(sec.get("val_every_steps"), ctx, k + "val_every_steps", minimum=1, allow_none=True),
-        "gc_every_steps": _int(sec.get("gc_every_steps"), ctx, k + "gc_every_steps", minimum=1, allow_none=True),
+        "global_batch_size": val("global_batch_size", _int, minimum=1),
+        "local_batch_size": val("local_batch_size", _int, minimum=1),
+        "num_epochs": val("num_epochs", _int, minimum=1, allow_none=True),
+        "max_steps": val("max_steps", _int, minimum=1, allow_none=True),
+        "ckpt_every_steps": val("ckpt_every_steps", _int, minimum=1, allow_none=True),
+        "save_checkpoint_every_epoch": val("save_checkpoint_every_epoch", _bool),
+        "validate_on_checkpoint": val("validate_on_checkpoint", _bool),
+        "val_every_steps": val("val_every_steps", _int, minimum=1, allow_none=True),
+        "gc_every_steps": val("gc_every_steps", _int, minimum=1, allow_none=True),
     }
     for key in ("log_remote_every_steps", "loss_average_window_steps"):
         if key in sec:
-            _int(sec[key], ctx, k + key, minimum=1)
+            ctx.value(_int, sec[key], k + key, None, minimum=1)
     for key in ("start_step", "start_epoch"):
         if sec.get(key, 0) not in (0, None):
-            raise ctx.err(k + key, "is not supported by the bundled runtime (it resumes from checkpoints instead)",
-                          found=sec[key], hint="remove it; a rerun with the same checkpoint_dir resumes")
-    sig = sec.get("preemption_signal", "SIGTERM")
+            ctx.add(ctx.err(k + key, "is not supported by the bundled runtime (it resumes from checkpoints instead)",
+                            found=sec[key], hint="remove it; a rerun with the same checkpoint_dir resumes"))
+    sig = sec.get("preemption_signal", _d(k + "preemption_signal"))
     sigs = [] if sig is None else (sig if isinstance(sig, list) else [sig])
     import signal as _signal
 
     names = []
     for s in sigs:
         try:
-            names.append(_signal.Signals(s).name if isinstance(s, int) else _signal.Signals[str(s).upper()].name)
+            n = _signal.Signals(s).name if isinstance(s, int) else _signal.Signals[str(s).upper()].name
         except (KeyError, ValueError):
-            raise ctx.err(k + "preemption_signal", "not a signal name or number", found=s) from None
-    for n in names:
+            ctx.add(ctx.err(k + "preemption_signal", "not a signal name or number", found=s))
+            continue
         if n in ("SIGKILL", "SIGSTOP"):
-            raise ctx.err(k + "preemption_signal", f"{n} cannot be caught, so it cannot trigger a checkpoint", found=n,
-                          hint="SIGTERM (what schedulers send before killing a job) or SIGUSR1")
+            ctx.add(ctx.err(k + "preemption_signal", f"{n} cannot be caught, so it cannot trigger a checkpoint", found=n,
+                            hint="SIGTERM (what schedulers send before killing a job) or SIGUSR1"))
+        names.append(n)
     out["preemption_signal"] = names
     return out
 
 
 def _dist(cfg: dict, ctx: _Ctx, world_size: int) -> DistSpec:
     sec = dict(_section(cfg, "distributed", ctx) or {})
-    strategy = str(sec.get("strategy", "fsdp2")).lower()
+    strategy = str(sec.get("strategy", _d("distributed.strategy"))).lower()
     if strategy in ("megatron_fsdp", "megatron-fsdp", "mfsdp"):
         raise ctx.err("distributed.strategy", "megatron_fsdp is not implemented by the bundled runtime",
                       found=strategy, hint="use strategy: fsdp2 (same sharding semantics for training)")
     if strategy not in ("fsdp2", "ddp"):
         raise ctx.err("distributed.strategy", "unknown strategy", expected="fsdp2, ddp or megatron_fsdp",
                       found=strategy)
-    allowed = DIST_SIZE_KEYS | DIST_META_KEYS | (FSDP2_KEYS if strategy == "fsdp2" else DDP_KEYS)
-    _unknown(sec, allowed, ctx, "distributed", what=f"not an option of strategy {strategy!r}")
+    _unknown(sec, strategy_keys(strategy), ctx, "distributed", what=f"not an option of strategy {strategy!r}")
     sizes = {}
-    for key, default in (("tp_size", 1), ("pp_size", 1), ("cp_size", 1), ("ep_size", 1), ("dp_size", None),
-                         ("dp_replicate_size", None)):
+    for key in ("tp_size", "pp_size", "cp_size", "ep_size", "dp_size", "dp_replicate_size"):
         v = sec.get(key)
-        sizes[key] = default if v is None else _int(v, ctx, f"distributed.{key}", minimum=1)
+        dflt = _d(f"distributed.{key}") if key != "dp_replicate_size" else None  # None: no HSDP
+        sizes[key] = dflt if v is None else ctx.value(_int, v, f"distributed.{key}", dflt, minimum=1)
     tp, pp, cp, ep = sizes["tp_size"], sizes["pp_size"], sizes["cp_size"], sizes["ep_size"]
+    unimplemented = []
     if pp > 1:
         if sec.get("pipeline") is None:
-            raise ctx.err("distributed.pp_size", "pp_size > 1 needs a `distributed.pipeline` block in Automodel 0.7",
-                          found=pp)
-        raise ctx.err("distributed.pp_size", "pipeline parallelism is not implemented by the bundled runtime",
-                      expected=1, found=pp, hint="--set distributed.pp_size=1 (FSDP2 over the freed ranks)")
+            unimplemented.append(ctx.err("distributed.pp_size", "pp_size > 1 needs a `distributed.pipeline` block in "
+                                         "Automodel 0.7", found=pp))
+        else:
+            unimplemented.append(ctx.err("distributed.pp_size", "pipeline parallelism is not implemented by the bundled "
+                                         "runtime", expected=1, found=pp,
+                                         hint="--set distributed.pp_size=1 (FSDP2 over the freed ranks)"))
     if cp > 1:
-        raise ctx.err("distributed.cp_size", "context parallelism is not implemented by the bundled runtime",
-                      expected=1, found=cp, hint="--set distributed.cp_size=1")
+        unimplemented.append(ctx.err("distributed.cp_size", "context parallelism is not implemented by the bundled "
+                                     "runtime", expected=1, found=cp, hint="--set distributed.cp_size=1"))
     if ep > 1:
-        raise ctx.err("distributed.ep_size", "expert parallelism (MoE) is not implemented by the bundled runtime",
-                      expected=1, found=ep, hint="--set distributed.ep_size=1")
+        unimplemented.append(ctx.err("distributed.ep_size", "expert parallelism (MoE) is not implemented by the bundled "
+                                     "runtime", expected=1, found=ep, hint="--set distributed.ep_size=1"))
     if strategy == "ddp" and tp > 1:
-        raise ctx.err("distributed.tp_size", "strategy ddp has no tensor parallelism in Automodel 0.7", found=tp)
+        unimplemented.append(ctx.err("distributed.tp_size", "strategy ddp has no tensor parallelism in Automodel 0.7",
+                                     found=tp))
+    for e in unimplemented:
+        ctx.add(e)
+    if unimplemented:  # the mesh checks below would only repeat these
+        return FAILED
     if world_size % (tp * cp * pp) != 0:
         raise ctx.err("distributed.tp_size",
                       f"world size {world_size} (--nproc-per-node) is not divisible by tp_size*cp_size*pp_size "
@@ -486,25 +491,25 @@ def _dist(cfg: dict, ctx: _Ctx, world_size: int) -> DistSpec:
                       hint=f"--set distributed.tp_size=1, or run with --nproc-per-node {tp * cp * pp} (or a multiple)")
     dp = world_size // (tp * cp * pp)
     if sizes["dp_size"] is not None and sizes["dp_size"] != dp:
-        raise ctx.err("distributed.dp_size", f"dp_size must equal world_size/(tp*cp*pp) = {dp}",
-                      expected=dp, found=sizes["dp_size"], hint="set dp_size: null to derive it")
+        ctx.add(ctx.err("distributed.dp_size", f"dp_size must equal world_size/(tp*cp*pp) = {dp}",
+                        expected=dp, found=sizes["dp_size"], hint="set dp_size: null to derive it"))
     rep = sizes["dp_replicate_size"] or 1
     if rep > 1:
         if strategy != "fsdp2":
-            raise ctx.err("distributed.dp_replicate_size", "HSDP (dp_replicate_size > 1) needs strategy fsdp2",
-                          found=rep)
-        if dp % rep != 0 or rep >= dp:
-            raise ctx.err("distributed.dp_replicate_size", f"must divide dp_size={dp} and be smaller than it",
-                          found=rep)
+            ctx.add(ctx.err("distributed.dp_replicate_size", "HSDP (dp_replicate_size > 1) needs strategy fsdp2",
+                            found=rep))
+        elif dp % rep != 0 or rep >= dp:
+            ctx.add(ctx.err("distributed.dp_replicate_size", f"must divide dp_size={dp} and be smaller than it",
+                            found=rep))
     if sec.get("tp_plan") is not None:
-        raise ctx.err("distributed.tp_plan", "custom TP plans are not supported by the bundled runtime (it uses "
-                      "its Llama-family plan)", found=sec["tp_plan"], hint="remove tp_plan")
+        ctx.add(ctx.err("distributed.tp_plan", "custom TP plans are not supported by the bundled runtime (it uses "
+                        "its Llama-family plan)", found=sec["tp_plan"], hint="remove tp_plan"))
     if sec.get("enable_async_tensor_parallel"):
         ctx.note("distributed.enable_async_tensor_parallel is ignored (plain DTensor TP).")
     if sec.get("patch_is_packed_sequence"):
         ctx.note("distributed.patch_is_packed_sequence is ignored (it only patches transformers' flash-attention "
                  "packing check).")
-    ac = sec.get("activation_checkpointing", False)
+    ac = sec.get("activation_checkpointing", _d("distributed.activation_checkpointing"))
     if isinstance(ac, str):
         low = ac.lower().replace("-", "_")
         if low in ("false", "off", "none", "disabled", "no"):
@@ -515,38 +520,44 @@ def _dist(cfg: dict, ctx: _Ctx, world_size: int) -> DistSpec:
             ctx.note("activation_checkpointing: selective runs as full activation checkpointing.")
             ac = True
         else:
-            raise ctx.err("distributed.activation_checkpointing", "not a checkpointing mode",
-                          expected="true/false/full/selective", found=ac)
+            ctx.add(ctx.err("distributed.activation_checkpointing", "not a checkpointing mode",
+                            expected="true/false/full/selective", found=ac))
     elif ac is None:
         ac = False
     elif not isinstance(ac, bool):
-        raise ctx.err("distributed.activation_checkpointing", "not a checkpointing mode", found=ac)
+        ctx.add(ctx.err("distributed.activation_checkpointing", "not a checkpointing mode", found=ac))
 
-    # mp_policy: 0.7 default MixedPrecisionPolicy(param bf16, reduce fp32, output None, cast_forward_inputs False)
-    param_dtype, reduce_dtype, output_dtype, cast_inputs = "bfloat16", "float32", None, False
+    # mp_policy: 0.7's default MixedPrecisionPolicy (defaults.yaml; output None, cast_forward_inputs False)
+    mp0 = _d("distributed.mp_policy")
+    param_dtype, reduce_dtype, output_dtype = mp0.get("param_dtype"), mp0.get("reduce_dtype"), mp0.get("output_dtype")
+    cast_inputs = bool(mp0.get("cast_forward_inputs", False))
     mp = sec.get("mp_policy")
     if mp is not None:
         if not isinstance(mp, dict):
             raise ctx.err("distributed.mp_policy", "must be a mapping", found=mp)
-        _unknown(mp, MP_POLICY_KEYS, ctx, "distributed.mp_policy", what="a MixedPrecisionPolicy field")
+        _unknown(mp, frozenset(schema()["mp_policy_fields"]), ctx, "distributed.mp_policy",
+                 what="a MixedPrecisionPolicy field")
         # A YAML-given policy starts from MixedPrecisionPolicy()'s own defaults (all None) as 0.7 does.
-        param_dtype = _dtype(mp.get("param_dtype"), ctx, "distributed.mp_policy.param_dtype")
-        reduce_dtype = _dtype(mp.get("reduce_dtype"), ctx, "distributed.mp_policy.reduce_dtype")
-        output_dtype = _dtype(mp.get("output_dtype"), ctx, "distributed.mp_policy.output_dtype")
-        cast_inputs = _bool(mp.get("cast_forward_inputs", False), ctx, "distributed.mp_policy.cast_forward_inputs")
-    autocast = _dtype(sec.get("autocast_dtype"), ctx, "distributed.autocast_dtype")
+        param_dtype, reduce_dtype, output_dtype = (
+            ctx.value(_dtype, mp.get(k), f"distributed.mp_policy.{k}", None)
+            for k in ("param_dtype", "reduce_dtype", "output_dtype"))
+        cast_inputs = ctx.value(_bool, mp.get("cast_forward_inputs", False), "distributed.mp_policy.cast_forward_inputs",
+                                False)
+    autocast = ctx.value(_dtype, sec.get("autocast_dtype"), "distributed.autocast_dtype", None)
     dist_env = _section(cfg, "dist_env", ctx) or {}
-    backend = str(dist_env.get("backend", "nccl"))
-    timeout = _float(dist_env.get("timeout_minutes", 1), ctx, "dist_env.timeout_minutes")
+    backend = str(dist_env.get("backend", _d("dist_env.backend")))
+    timeout = ctx.value(_float, dist_env.get("timeout_minutes", _d("dist_env.timeout_minutes")),
+                        "dist_env.timeout_minutes", 1.0)
     if strategy == "ddp":
         param_dtype = reduce_dtype = output_dtype = None
     return DistSpec(
         strategy=strategy, world_size=world_size, tp=tp, cp=cp, pp=pp, dp=dp, dp_replicate=rep,
-        sequence_parallel=_bool(sec.get("sequence_parallel", False), ctx, "distributed.sequence_parallel")
-        if strategy == "fsdp2" else False,
+        sequence_parallel=ctx.value(_bool, sec.get("sequence_parallel", _d("distributed.sequence_parallel")),
+                                    "distributed.sequence_parallel", False) if strategy == "fsdp2" else False,
         param_dtype=param_dtype, reduce_dtype=reduce_dtype, output_dtype=output_dtype,
         cast_forward_inputs=cast_inputs, autocast_dtype=autocast, activation_checkpointing=bool(ac),
-        defer_fsdp_grad_sync=_bool(sec.get("defer_fsdp_grad_sync", True), ctx, "distributed.defer_fsdp_grad_sync"),
+        defer_fsdp_grad_sync=ctx.value(_bool, sec.get("defer_fsdp_grad_sync", _d("distributed.defer_fsdp_grad_sync")),
+                                       "distributed.defer_fsdp_grad_sync", True),
         reshard_after_forward=sec.get("reshard_after_forward"),
         enable_compile=bool(sec.get("enable_compile", False)),
         offload=sec.get("offload_policy") is not None,
@@ -560,7 +571,7 @@ def _peft(cfg: dict, ctx: _Ctx) -> PeftSpec | None:
         return None
     if not isinstance(sec, dict):
         raise ctx.err("peft", "must be a mapping", found=sec)
-    _unknown(sec, PEFT_KEYS, ctx, "peft", what="a PeftConfig field")
+    _unknown(sec, section_keys("peft"), ctx, "peft", what="a PeftConfig field")
     if "_target_" not in sec:
         raise ctx.err("peft._target_", "is required (0.7 builds the section with .instantiate())",
                       hint="_target_: nemo_automodel.components._peft.lora.PeftConfig")
@@ -568,44 +579,49 @@ def _peft(cfg: dict, ctx: _Ctx) -> PeftSpec | None:
         raise ctx.err("peft._target_", "the bundled runtime implements LoRA through PeftConfig only",
                       found=sec["_target_"], expected="nemo_automodel.components._peft.lora.PeftConfig")
 
-    def as_list(v, key):
+    def as_list(v, c, key):
         if v is None:
             return []
         if isinstance(v, str):
             return [v]
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
             return list(v)
-        raise ctx.err(key, "must be a string or a list of strings", found=v)
+        raise c.err(key, "must be a string or a list of strings", found=v)
 
-    tm = as_list(sec.get("target_modules"), "peft.target_modules")
-    ex = as_list(sec.get("exclude_modules"), "peft.exclude_modules")
-    mal = _bool(sec.get("match_all_linear", False), ctx, "peft.match_all_linear")
+    def val(key: str, fn: Callable[..., Any], fallback: Any = MISSING, **kw: Any) -> Any:
+        d = _d(f"peft.{key}")
+        return ctx.value(fn, sec.get(key, d), f"peft.{key}", d if fallback is MISSING else fallback, **kw)
+
+    tm = ctx.value(as_list, sec.get("target_modules"), "peft.target_modules", [])
+    ex = ctx.value(as_list, sec.get("exclude_modules"), "peft.exclude_modules", [])
+    mal = val("match_all_linear", _bool)
+    conflicts = lora_conflicts({"target_modules": tm, "exclude_modules": ex, "match_all_linear": mal})
     if not mal and not tm and not ex:
         ctx.note("peft: no target_modules/exclude_modules/match_all_linear given; using target_modules='*_proj' "
                  "(Automodel 0.7's default).")
         tm = ["*_proj"]
-    if tm and ex:
-        raise ctx.err("peft.exclude_modules", "target_modules and exclude_modules are mutually exclusive in 0.7",
-                      found=ex, hint="keep only one of them")
-    if mal and (tm or ex):
-        raise ctx.err("peft.match_all_linear", "match_all_linear: true together with target_modules/exclude_modules "
-                      "is a ValueError in Automodel 0.7", found=True, hint="drop target_modules or match_all_linear")
+    if "exclusive" in conflicts:
+        ctx.add(ctx.err("peft.exclude_modules", "target_modules and exclude_modules are mutually exclusive in 0.7",
+                        found=ex, hint="keep only one of them"))
+    if "match_all_linear" in conflicts:
+        ctx.add(ctx.err("peft.match_all_linear", "match_all_linear: true together with target_modules/exclude_modules "
+                        "is a ValueError in Automodel 0.7", found=True, hint="drop target_modules or match_all_linear"))
     if sec.get("use_dora"):
-        raise ctx.err("peft.use_dora", "DoRA is not implemented by the bundled runtime", found=True,
-                      hint="--set peft.use_dora=false")
+        ctx.add(ctx.err("peft.use_dora", "DoRA is not implemented by the bundled runtime", found=True,
+                        hint="--set peft.use_dora=false"))
     if sec.get("moe_rank_scaling"):
         ctx.note("peft.moe_rank_scaling is ignored (no MoE experts in the bundled runtime).")
-    pos = sec.get("dropout_position", "post")
+    pos = sec.get("dropout_position", _d("peft.dropout_position"))
     if pos not in ("pre", "post"):
-        raise ctx.err("peft.dropout_position", "must be pre or post", found=pos)
-    dim = _int(sec.get("dim", 8), ctx, "peft.dim", minimum=1, maximum=65536)  # no layer is wider
-    alpha = _float(sec.get("alpha", 32), ctx, "peft.alpha")
-    dropout = _float(sec.get("dropout", 0.0), ctx, "peft.dropout")
+        ctx.add(ctx.err("peft.dropout_position", "must be pre or post", found=pos))
+    dim = val("dim", _int, minimum=1, maximum=65536)  # no layer is wider
+    alpha = val("alpha", _float)
+    dropout = val("dropout", _float)
     if not 0.0 <= dropout < 1.0:
-        raise ctx.err("peft.dropout", "must be in [0, 1)", found=dropout)
+        ctx.add(ctx.err("peft.dropout", "must be in [0, 1)", found=dropout))
     return PeftSpec(target_modules=tm, exclude_modules=ex, match_all_linear=mal, dim=dim, alpha=alpha,
-                    dropout=dropout, dropout_position=pos, lora_A_init=str(sec.get("lora_A_init", "xavier")),
-                    lora_dtype=_dtype(sec.get("lora_dtype"), ctx, "peft.lora_dtype"))
+                    dropout=dropout, dropout_position=pos, lora_A_init=str(sec.get("lora_A_init", _d("peft.lora_A_init"))),
+                    lora_dtype=ctx.value(_dtype, sec.get("lora_dtype"), "peft.lora_dtype", None))
 
 
 def _fp8(cfg: dict, ctx: _Ctx) -> Fp8Spec | None:
@@ -614,7 +630,7 @@ def _fp8(cfg: dict, ctx: _Ctx) -> Fp8Spec | None:
         return None
     if not isinstance(sec, dict):
         raise ctx.err("fp8", "must be a mapping", found=sec)
-    extra = sorted(k for k in sec if k not in FP8_KEYS)
+    extra = sorted(str(k) for k in sec if k not in section_keys("fp8"))  # 0.7 reads fp8 with dict.get
     if extra:
         ctx.note(f"fp8: unknown key(s) {', '.join(extra)} ignored (0.7 reads fp8 with dict.get).")
     if not sec.get("enabled", False):
@@ -638,17 +654,14 @@ def _model(cfg: dict, ctx: _Ctx, opts) -> ModelSpec:
     sec = _section(cfg, "model", ctx, required=True)
     if "_target_" not in sec:
         raise ctx.err("model._target_", "is required", hint="_target_: nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained")
-    extra = sorted(k for k in sec if k not in MODEL_KEYS)
+    extra = sorted(str(k) for k in sec if k not in section_keys("model"))
     if extra:
         ctx.note(f"model: key(s) {', '.join(extra)} are passed to the model in Automodel; the bundled runtime "
                  "ignores them.")
     target = str(sec["_target_"])
     from_config = target.endswith("from_config")
-    if "dtype" in sec:
-        dtype = _dtype(sec.get("dtype"), ctx, "model.dtype", allow_auto=True) or "auto"
-    else:
-        dtype = _dtype(sec.get("torch_dtype", "auto"), ctx, "model.torch_dtype",
-                            allow_auto=True) or "auto"
+    key = "model.dtype" if "dtype" in sec else "model.torch_dtype"
+    dtype = ctx.value(_dtype, sec.get(key.split(".")[1], _d("model.dtype")), key, "auto", allow_auto=True) or "auto"
     attn = sec.get("attn_implementation") or "sdpa"
     if attn not in ("sdpa", "eager", "flash_attention_2"):
         ctx.note(f"model.attn_implementation {attn!r} is not available in the bundled runtime; using sdpa.")
@@ -662,7 +675,7 @@ def _model(cfg: dict, ctx: _Ctx, opts) -> ModelSpec:
     if conf is not None:
         _path(str(conf), ctx, "model.config")
     trust = bool(sec.get("trust_remote_code", False))
-    liger = _bool(sec.get("use_liger_kernel", True), ctx, "model.use_liger_kernel")
+    liger = ctx.value(_bool, sec.get("use_liger_kernel", True), "model.use_liger_kernel", True)
     if opts.model_path is not None:
         p = Path(opts.model_path)
         if not (p / "config.json").is_file():
@@ -751,7 +764,7 @@ def _chat_params(params: dict, ctx: _Ctx, name: str, *, check_files: bool) -> No
         raise ctx.err(f"{name}.answer_only_loss_mask", f"unknown key in `{name}`: ChatDatasetConfig has no such "
                       "field (0.7 raises TypeError); ChatDataset always trains on the assistant tokens only",
                       found=params["answer_only_loss_mask"], hint=f"remove {name}.answer_only_loss_mask")
-    _unknown(params, CHAT_KEYS, ctx, name, what="a ChatDatasetConfig field")
+    _unknown(params, dataset_fields("ChatDataset"), ctx, name, what="a ChatDatasetConfig field")
     if "path_or_dataset_id" not in params:
         raise ctx.err(f"{name}.path_or_dataset_id", "is required by ChatDataset")
     _data_paths(params, ctx, name, check_files=check_files)
@@ -791,17 +804,18 @@ def _packing(cfg: dict, ctx: _Ctx) -> dict[str, Any] | None:
         return None
     if not isinstance(ps, dict):
         raise ctx.err("packed_sequence", "must be a mapping", found=ps)
-    _unknown(ps, PACKED_KEYS, ctx, "packed_sequence", what="a packed_sequence field")
+    _unknown(ps, section_keys("packed_sequence"), ctx, "packed_sequence", what="a packed_sequence field")
     k = "packed_sequence."
-    size = _int(ps.get("packed_sequence_size", 0), ctx, k + "packed_sequence_size", maximum=MAX_TOKENS)
+    size = _int(ps.get("packed_sequence_size", _d(k + "packed_sequence_size")), ctx, k + "packed_sequence_size",
+                maximum=MAX_TOKENS)
     if size <= 0:
         return None
-    strategy = ps.get("packing_strategy", "thd")
+    strategy = ps.get("packing_strategy", _d(k + "packing_strategy"))
     if strategy != "thd":
         raise ctx.err(k + "packing_strategy", "only THD packing (0.7's default) is implemented by the bundled runtime",
                       expected="thd", found=strategy, hint=f"--set {k}packing_strategy=thd")
     max_packs = _int(ps.get("max_packs"), ctx, k + "max_packs", minimum=1, allow_none=True)
-    mult = _int(ps.get("pad_to_multiple_of", 1), ctx, k + "pad_to_multiple_of", minimum=1)
+    mult = _int(ps.get("pad_to_multiple_of", _d(k + "pad_to_multiple_of")), ctx, k + "pad_to_multiple_of", minimum=1)
     if size % mult:
         raise ctx.err(k + "pad_to_multiple_of", f"packed_sequence_size ({size}) must be divisible by it (0.7 "
                       "ValueError)", found=mult)
@@ -812,7 +826,7 @@ def _packing(cfg: dict, ctx: _Ctx) -> dict[str, Any] | None:
                  "drops samples longer than packed_sequence_size.")
     if "split_across_pack" in ps:
         ctx.note("packed_sequence.split_across_pack is no longer read by 0.7 (no effect).")
-    if _bool(ps.get("prepacked", False), ctx, k + "prepacked"):
+    if _bool(ps.get("prepacked", _d(k + "prepacked")), ctx, k + "prepacked"):
         ctx.note("packed_sequence.prepacked: true: 0.7 skips loader-side packing and uses the default collater, so "
                  "the samples train unpacked.")
         return None
@@ -828,7 +842,8 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
     tname = _target_name(node["_target_"])
     params = {k: v for k, v in node.items() if k not in ("_target_", "tokenizer")}
     if tname in _COLUMN_MAPPED:
-        _unknown(params, COLUMN_MAPPED_KEYS, ctx, name, what="a ColumnMappedTextInstructionDatasetConfig field")
+        _unknown(params, dataset_fields("ColumnMappedTextInstructionDataset"), ctx, name,
+                 what="a ColumnMappedTextInstructionDatasetConfig field")
         for req in ("path_or_dataset_id", "column_mapping"):
             if req not in params:
                 raise ctx.err(f"{name}.{req}", "is required by ColumnMappedTextInstructionDataset")
@@ -857,7 +872,7 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
         _chat_params(params, ctx, name, check_files=check_files)
         kind = "chat"
     elif tname in _MOCK:
-        _unknown(params, MOCK_KEYS, ctx, name, what="a MockIterableDatasetConfig field")
+        _unknown(params, dataset_fields("MockIterableDataset"), ctx, name, what="a MockIterableDatasetConfig field")
         for k, top in (("vocab_size", 2**24), ("seq_len", MAX_TOKENS), ("num_samples", None), ("batch_size", 2**16)):
             if params.get(k) is not None:
                 _int(params[k], ctx, f"{name}.{k}", minimum=1, maximum=top)
@@ -881,7 +896,7 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
     loader = loader or {}
     if not isinstance(loader, dict):
         raise ctx.err(loader_name, "must be a mapping", found=loader)
-    _unknown(loader, DATALOADER_KEYS, ctx, loader_name, what="a DataloaderConfig field")
+    _unknown(loader, section_keys("dataloader"), ctx, loader_name, what="a DataloaderConfig field")
     lt = loader.get("_target_")
     if lt not in (None, "torch.utils.data.DataLoader", "torchdata.stateful_dataloader.StatefulDataLoader"):
         raise ctx.err(f"{loader_name}._target_", "unsupported dataloader target", found=lt,
@@ -925,10 +940,6 @@ def _dataset(node: Any, loader: Any, ctx: _Ctx, name: str, loader_name: str, *, 
 
 _OPTIM_NUMBERS = {"lr", "eps", "weight_decay", "momentum", "dampening", "lr_decay", "initial_accumulator_value",
                   "rho", "lambd", "alpha", "t0", "max_iter", "momentum_decay"}
-_TYPED_OPTIM = {
-    "AdamConfig": ("torch.optim.Adam", {"lr": 1e-4, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}),
-    "AdamWConfig": ("torch.optim.AdamW", {"lr": 1e-4, "weight_decay": 0.01, "betas": (0.9, 0.999), "eps": 1e-8}),
-}
 
 
 def _optim(cfg: dict, ctx: _Ctx) -> OptimSpec:
@@ -955,9 +966,10 @@ def _optim(cfg: dict, ctx: _Ctx) -> OptimSpec:
         except re.error as e:
             raise ctx.err(key + ".pattern", f"not a valid regular expression ({e})", found=o["pattern"]) from None
     short = _target_name(target)
-    if short in _TYPED_OPTIM:
-        cls_path, defaults = _TYPED_OPTIM[short]
-        kwargs = {**defaults, **sec}
+    typed = class_defaults("optimizer", short)
+    if "_builds" in typed:  # 0.7's typed optimizer config (AdamConfig, AdamWConfig): its own defaults
+        cls_path = typed["_builds"]
+        kwargs = {**{k: v for k, v in typed.items() if not k.startswith("_")}, **sec}
         kwargs.pop("fused", None) if short == "AdamConfig" else None
     elif str(target).startswith("torch.optim."):
         cls_path, kwargs = str(target), sec
@@ -1001,19 +1013,19 @@ def _lr(cfg: dict, ctx: _Ctx) -> dict | None:
     if not isinstance(sec, dict):
         raise ctx.err("lr_scheduler", "must be a mapping", found=sec)
     sec = {k: v for k, v in sec.items() if k != "_target_"}  # 0.7 silently drops a _target_ here
-    _unknown(sec, LR_KEYS, ctx, "lr_scheduler", what="an LRSchedulerConfig field")
+    _unknown(sec, section_keys("lr_scheduler"), ctx, "lr_scheduler", what="an LRSchedulerConfig field")
     w = sec.get("lr_warmup_steps")
     if w is not None and not isinstance(w, bool) and isinstance(w, (int, float)) and 0 < w < 1:
         raise ctx.err("lr_scheduler.lr_warmup_steps", "fractional warmup is not supported by 0.7", found=w,
                       hint="give an integer number of steps")
     for k in ("init_lr", "max_lr", "min_lr", "start_wd", "end_wd"):
-        _float(sec.get(k), ctx, f"lr_scheduler.{k}", allow_none=True)
+        ctx.value(_float, sec.get(k), f"lr_scheduler.{k}", None, allow_none=True)
     for k in ("lr_warmup_steps", "lr_decay_steps", "wd_incr_steps", "wsd_decay_steps"):
-        _int(sec.get(k), ctx, f"lr_scheduler.{k}", minimum=0, allow_none=True)
+        ctx.value(_int, sec.get(k), f"lr_scheduler.{k}", None, minimum=0, allow_none=True)
     for k in ("use_checkpoint_opt_param_scheduler", "override_opt_param_scheduler"):
         if sec.get(k) is not None:
-            _bool(sec[k], ctx, f"lr_scheduler.{k}")
-    style = sec.get("lr_decay_style", "cosine")
+            ctx.value(_bool, sec[k], f"lr_scheduler.{k}", None)
+    style = sec.get("lr_decay_style", _d("lr_scheduler.lr_decay_style"))
     if style not in ("cosine", "linear", "constant", "inverse-square-root", "WSD"):
         raise ctx.err("lr_scheduler.lr_decay_style", "unknown decay style", found=style,
                       expected="cosine, linear, constant, inverse-square-root or WSD")
@@ -1024,21 +1036,21 @@ def _lr(cfg: dict, ctx: _Ctx) -> dict | None:
         raise ctx.err("lr_scheduler.lr_warmup_steps", "Automodel 0.7 asserts lr_warmup_steps < lr_decay_steps",
                       found={"lr_warmup_steps": wu, "lr_decay_steps": ds},
                       hint="for a warmup covering the whole run set lr_decay_steps = lr_warmup_steps + 1")
-    if sec.get("wd_incr_style", "constant") not in ("constant", "linear", "cosine"):
+    if sec.get("wd_incr_style", _d("lr_scheduler.wd_incr_style")) not in ("constant", "linear", "cosine"):
         raise ctx.err("lr_scheduler.wd_incr_style", "unknown style", found=sec.get("wd_incr_style"))
     return sec
 
 
 def _ckpt(cfg: dict, ctx: _Ctx, *, check_files: bool) -> CkptSpec:
     sec = _section(cfg, "checkpoint", ctx) or {}
-    _unknown(sec, CKPT_KEYS, ctx, "checkpoint", what="a CheckpointingConfig field")
-    enabled = _bool(sec.get("enabled", True), ctx, "checkpoint.enabled")
-    d = str(_path(str(sec.get("checkpoint_dir", "checkpoints/")), ctx, "checkpoint.checkpoint_dir"))
-    fmt = sec.get("model_save_format", "safetensors")
+    _unknown(sec, section_keys("checkpoint"), ctx, "checkpoint", what="a CheckpointingConfig field")
+    enabled = ctx.value(_bool, sec.get("enabled", _d("checkpoint.enabled")), "checkpoint.enabled", False)
+    d = str(_path(str(sec.get("checkpoint_dir", _d("checkpoint.checkpoint_dir"))), ctx, "checkpoint.checkpoint_dir"))
+    fmt = sec.get("model_save_format", _d("checkpoint.model_save_format"))
     if fmt not in ("safetensors", "torch_save"):
         raise ctx.err("checkpoint.model_save_format", "unknown format", expected="safetensors or torch_save",
                       found=fmt)
-    sc = sec.get("save_consolidated", "final")
+    sc = sec.get("save_consolidated", _d("checkpoint.save_consolidated"))
     sc = {True: "every", False: "false", None: "false"}.get(sc, sc) if isinstance(sc, (bool, type(None))) else sc
     if sc not in ("false", "final", "every"):
         raise ctx.err("checkpoint.save_consolidated", "unknown mode", expected="false, final or every", found=sc)
@@ -1070,7 +1082,7 @@ def _compat(cfg: dict, ctx: _Ctx) -> CompatSpec:
         return CompatSpec()
     if not isinstance(sec, dict):
         raise ctx.err("nemo_compat", "must be a mapping", found=sec)
-    _unknown(sec, NEMO_COMPAT_KEYS, ctx, "nemo_compat", what="a runtime NeMo-compatibility switch")
+    _unknown(sec, ours("nemo_compat"), ctx, "nemo_compat", what="a runtime NeMo-compatibility switch")
     lr = sec.get("loss_reduction", "automodel")
     if lr not in ("automodel", "nemo"):
         raise ctx.err("nemo_compat.loss_reduction", "unknown reduction", expected="automodel or nemo", found=lr)
@@ -1110,8 +1122,9 @@ def _unsupported_sections(cfg: dict, ctx: _Ctx) -> None:
         ctx.note("benchmark recipe: run as the fine-tune loop (benchmark.* settings are ignored; see metrics.jsonl).")
     if cfg.get("rng") is not None:
         ctx.note("rng: ignored by 0.7's train_ft (the top-level seed is used).")
-    for k in sorted(cfg):
-        if k not in KNOWN_TOP_LEVEL and not k.startswith("validation_dataset"):
+    known = top_level() | set(schema()["ours"])
+    for k in sorted(cfg, key=str):
+        if k not in known and not str(k).startswith("validation_dataset"):
             ctx.note(f"top-level section `{k}` is not read by Automodel 0.7's fine-tune recipe; ignored.")
 
 
@@ -1121,24 +1134,25 @@ def _loss(cfg: dict, ctx: _Ctx) -> tuple[int, bool]:
         raise ctx.err("loss_fn", "is required by 0.7 (no default)",
                       hint="loss_fn: {_target_: nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy}")
     t = _target_name(sec.get("_target_"))
+    kw = class_defaults("loss_fn", "MaskedCrossEntropy")  # its arguments and their defaults
     if t == "MaskedCrossEntropy":
-        _unknown(sec, MASKED_CE_KEYS, ctx, "loss_fn", what="a MaskedCrossEntropy argument")
+        _unknown(sec, set(kw) | {"_target_"}, ctx, "loss_fn", what="a MaskedCrossEntropy argument")
     elif t in ("FusedLinearCrossEntropy", "TEParallelCrossEntropy", "ChunkedCrossEntropy"):
         ctx.note(f"loss_fn {t}: computed as MaskedCrossEntropy (same sum-reduced token CE).")
     else:
         raise ctx.err("loss_fn._target_", "unknown loss", found=sec.get("_target_"),
                       expected="nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy")
-    if sec.get("reduction", "sum") != "sum":
+    if sec.get("reduction", kw["reduction"]) != "sum":
         raise ctx.err("loss_fn.reduction", "must stay 'sum' (the recipe divides by the label-token count)",
                       found=sec["reduction"])
-    return int(sec.get("ignore_index", -100)), bool(sec.get("fp32_upcast", True))
+    return int(sec.get("ignore_index", kw["ignore_index"])), bool(sec.get("fp32_upcast", kw["fp32_upcast"]))
 
 
 def _compile(cfg: dict, ctx: _Ctx) -> CompileSpec:
     sec = cfg.get("compile")
     if not isinstance(sec, dict):
         return CompileSpec()
-    extra = sorted(set(sec) - COMPILE_KEYS)
+    extra = sorted(str(k) for k in set(sec) - section_keys("compile"))
     if extra:
         ctx.note(f"compile: unknown key(s) {', '.join(extra)} ignored.")
     return CompileSpec(enabled=bool(sec.get("enabled", False)), mode=sec.get("mode", "default"),
@@ -1151,45 +1165,78 @@ def _compile(cfg: dict, ctx: _Ctx) -> CompileSpec:
 # ----------------------------------------------------------------------------------------------------------------
 
 def resolve(cfg: dict, opts, *, file: str, check_files: bool = True, lines: dict[str, str] | None = None) -> Spec:
-    """Check the effective config for the runtime and return the normalised spec (raises RunError). ``lines`` maps
-    dotted keys to where they were written (``file:line``), so that errors point at the line."""
+    """Check the effective config for the runtime and return the normalised spec.  Every problem is found before
+    anything is raised: one RunError for a single problem, else :class:`ConfigErrors` listing all of them.
+    ``lines`` maps dotted keys to where they were written (``file:line``), so that errors point at the line."""
     ctx = _Ctx(file, lines)
     world = int(opts.nproc_per_node)
     _finite(cfg, ctx)
-    seed = cfg.get("seed", 42)
+    seed = ctx.section(_seed, cfg, ctx)
+    ctx.section(_unsupported_sections, cfg, ctx)
+    step = ctx.section(_step, cfg, ctx)
+    dist = ctx.section(_dist, cfg, ctx, world)
+    ga = ctx.section(_grad_acc, step, dist, ctx) if FAILED not in (step, dist) else FAILED
+    model = ctx.section(_model, cfg, ctx, opts)
+    tok = ctx.section(_tokenizer, cfg, ctx, model) if model is not FAILED else FAILED
+    peft = ctx.section(_peft, cfg, ctx)
+    fp8 = ctx.section(_fp8, cfg, ctx)
+    if fp8 not in (None, FAILED) and dist is not FAILED and dist.tp > 1:
+        ctx.add(ctx.err("fp8.enabled", "FP8 with tensor parallelism is not implemented by the bundled runtime",
+                        hint="--set distributed.tp_size=1 or fp8.enabled=false"))
+    compat = ctx.section(_compat, cfg, ctx)
+    if compat is not FAILED and compat.lora_tied_a and peft is None:
+        ctx.add(ctx.err("nemo_compat.lora_tied_a", "needs a peft section (it ties LoRA A matrices)"))
+    loss = ctx.section(_loss, cfg, ctx)
+    optim = ctx.section(_optim, cfg, ctx)
+    lr = ctx.section(_lr, cfg, ctx)
+    max_norm = ctx.section(_clip, cfg, ctx)
+    data = ctx.section(_data, cfg, ctx, lbs=step["local_batch_size"] if step is not FAILED else 1,
+                       attn=model.attn_implementation if model is not FAILED else None, check_files=check_files)
+    ckpt = ctx.section(_ckpt, cfg, ctx, check_files=check_files)
+    compile_ = ctx.section(_compile, cfg, ctx)
+    if ctx.errors:
+        raise ctx.errors[0] if len(ctx.errors) == 1 else ConfigErrors(ctx.errors)
+    if ckpt.model_save_format == "torch_save":
+        ctx.note("checkpoint.model_save_format torch_save: weights are written as safetensors (HF layout).")
+    train, validation = data
+    return Spec(config_path=file, seed=seed, model=model, tokenizer=tok, peft=peft, fp8=fp8, dist=dist,
+                step=StepSpec(grad_acc_steps=ga, **step), loss_ignore_index=loss[0], loss_fp32_upcast=loss[1],
+                optim=optim, lr_scheduler=lr, max_grad_norm=max_norm, train=train, validation=validation, ckpt=ckpt,
+                compat=compat, compile=compile_, notes=ctx.notes)
+
+
+def _seed(cfg: dict, ctx: _Ctx) -> int:
+    seed = cfg.get("seed", _d("seed"))
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
         raise ctx.err("seed", "must be an integer in [0, 2**62)", found=seed)
-    _unsupported_sections(cfg, ctx)
-    step = _step(cfg, ctx)
-    dist = _dist(cfg, ctx, world)
+    return seed
+
+
+def _grad_acc(step: dict, dist: DistSpec, ctx: _Ctx) -> int:
     lbs, gbs = step["local_batch_size"], step["global_batch_size"]
     if gbs % (lbs * dist.dp) != 0:
         raise ctx.err("step_scheduler.global_batch_size",
                       f"must be divisible by local_batch_size * dp_size = {lbs} * {dist.dp}", found=gbs,
                       hint=f"use a multiple of {lbs * dist.dp}, or change --nproc-per-node / local_batch_size")
-    ga = gbs // (lbs * dist.dp)
-    model = _model(cfg, ctx, opts)
-    tok = _tokenizer(cfg, ctx, model)
-    peft = _peft(cfg, ctx)
-    fp8 = _fp8(cfg, ctx)
-    if fp8 is not None and dist.tp > 1:
-        raise ctx.err("fp8.enabled", "FP8 with tensor parallelism is not implemented by the bundled runtime",
-                      hint="--set distributed.tp_size=1 or fp8.enabled=false")
-    compat = _compat(cfg, ctx)
-    if compat.lora_tied_a and peft is None:
-        raise ctx.err("nemo_compat.lora_tied_a", "needs a peft section (it ties LoRA A matrices)")
-    ignore_index, fp32_upcast = _loss(cfg, ctx)
-    optim = _optim(cfg, ctx)
-    lr = _lr(cfg, ctx)
+    return gbs // (lbs * dist.dp)
+
+
+def _clip(cfg: dict, ctx: _Ctx) -> float:
     clip = cfg.get("clip_grad_norm") or {}
     if not isinstance(clip, dict):
         raise ctx.err("clip_grad_norm", "must be a mapping", found=clip)
-    bad = set(clip) - {"max_norm", "backend"}
+    known = section_keys("clip_grad_norm")
+    bad = sorted((str(k) for k in clip if k not in known))
     if bad:
-        raise ctx.err(f"clip_grad_norm.{sorted(bad)[0]}", "unknown key", expected="max_norm, backend",
-                      found=sorted(bad)[0])
+        raise ctx.err(f"clip_grad_norm.{bad[0]}", "unknown key", expected=", ".join(schema()["sections"]["clip_grad_norm"]
+                                                                                ["fields"]), found=bad[0])
     max_norm = clip.get("max_norm")
-    max_norm = 1.0 if max_norm is None else _float(max_norm, ctx, "clip_grad_norm.max_norm")
+    return _d("clip_grad_norm.max_norm") if max_norm is None else _float(max_norm, ctx, "clip_grad_norm.max_norm")
+
+
+def _data(cfg: dict, ctx: _Ctx, *, lbs: int, attn: str | None, check_files: bool
+          ) -> tuple[DatasetSpec, dict[str, DatasetSpec]]:
+    """The training dataset and every validation dataset, each with its dataloader (all checked)."""
     ds = cfg.get("dataset")
     dl = cfg.get("dataloader") if isinstance(cfg.get("dataloader"), dict) else {}
     if ds is None and isinstance(dl.get("dataset"), dict):
@@ -1198,18 +1245,22 @@ def resolve(cfg: dict, opts, *, file: str, check_files: bool = True, lines: dict
     dl = {k: v for k, v in dl.items() if k != "dataset"}
     if ds is None:
         raise ctx.err("dataset", "this section is required")
-    packing = _packing(cfg, ctx)
-    train = _dataset(ds, dl, ctx, "dataset", "dataloader", lbs=lbs, check_files=check_files, packing=packing)
+    packing = ctx.section(_packing, cfg, ctx)
+    packing = None if packing is FAILED else packing
+    train = ctx.section(_dataset, ds, dl, ctx, "dataset", "dataloader", lbs=lbs, check_files=check_files,
+                        packing=packing)
     vdl = cfg.get("validation_dataloader")
     validation: dict[str, DatasetSpec] = {}
-    for key in sorted(k for k in cfg if k.startswith("validation_dataset")):
+    for key in sorted((k for k in cfg if str(k).startswith("validation_dataset")), key=str):
         if cfg[key] is None:
             continue
         vname = key.replace("validation_dataset", "")
         vname = vname[1:] if len(vname) > 1 and vname[0] in "_-." else vname
-        validation[vname or "default"] = _dataset(cfg[key], vdl, ctx, key, "validation_dataloader", lbs=lbs,
-                                                  check_files=check_files, packing=packing)
-    if packing is not None and model.attn_implementation == "flash_attention_2":
+        validation[vname or "default"] = ctx.section(_dataset, cfg[key], vdl, ctx, key, "validation_dataloader",
+                                                     lbs=lbs, check_files=check_files, packing=packing)
+    if FAILED in (train, *validation.values()):
+        return FAILED
+    if packing is not None and attn == "flash_attention_2":
         bad = [(n, d) for n, d in [("dataloader", train)] + [("validation_dataloader", v) for v in validation.values()]
                if (d.batch_size or 1) > 1]
         if bad:
@@ -1218,14 +1269,7 @@ def resolve(cfg: dict, opts, *, file: str, check_files: bool = True, lines: dict
                           "their position_ids) only for a single row", found=bad[0][1].batch_size,
                           hint="step_scheduler.local_batch_size: 1 (and validation_dataloader.batch_size: 1), or "
                                "model.attn_implementation: sdpa")
-    ckpt = _ckpt(cfg, ctx, check_files=check_files)
-    if ckpt.model_save_format == "torch_save":
-        ctx.note("checkpoint.model_save_format torch_save: weights are written as safetensors (HF layout).")
-    step_spec = StepSpec(grad_acc_steps=ga, **step)
-    return Spec(config_path=file, seed=seed, model=model, tokenizer=tok, peft=peft, fp8=fp8, dist=dist,
-                step=step_spec, loss_ignore_index=ignore_index, loss_fp32_upcast=fp32_upcast, optim=optim,
-                lr_scheduler=lr, max_grad_norm=max_norm, train=train, validation=validation, ckpt=ckpt,
-                compat=compat, compile=_compile(cfg, ctx), notes=ctx.notes)
+    return train, validation
 
 
-__all__ = ["Spec", "resolve", "has_tokenizer_files"]
+__all__ = ["ConfigErrors", "Spec", "has_tokenizer_files", "has_weights", "resolve"]

@@ -29,7 +29,8 @@ import pytest
 
 from nemo_migrate.diagnostics import MigrateError
 
-from nemo_migrate import automodel_rules as rules
+from nemo_migrate.automodel.schema import field_specs
+from nemo_migrate.automodel.values import translate_all
 from nemo_migrate.automodel_rules import check_config, check_targets, rejections
 from nemo_migrate.convert import Options, convert
 from nemo_migrate.diff import _world_from_run_sh
@@ -350,7 +351,7 @@ def test_golden_outputs_pass(path):
 
     world = _world_from_run_sh(path, path.name)
     assert world, f"no world size for {path}"
-    assert rejections(rules.translate_all(yaml.safe_load(path.read_text())), world[0]) == []
+    assert rejections(translate_all(yaml.safe_load(path.read_text())), world[0]) == []
 
 
 @pytest.mark.parametrize("case", [c for c in golden_cases() if not (c / "diff").is_file()], ids=lambda c: c.name)
@@ -385,7 +386,7 @@ def test_diff_reports_the_new_checks(tmp_path):
 def test_never_raises_on_hostile_values():
     rng = random.Random(0)
     junk = [None, True, 0, -1, 1.5, float("nan"), "x", "1e400", [], [1, "a"], {}, {"a": {"b": None}}, 2 ** 70]
-    paths = sorted(rules.field_specs()) + ["distributed", "peft", "dataset", "optimizer._target_", "lr_scheduler", "packed_sequence",
+    paths = sorted(field_specs()) + ["distributed", "peft", "dataset", "optimizer._target_", "lr_scheduler", "packed_sequence",
                                            "dataloader", "checkpoint", "model", "distributed.pipeline", "dataset.tokenizer", ""]
     for _ in range(400):
         cfg = copy.deepcopy(BASE)

@@ -9,8 +9,8 @@
   invalid dtype strings, a missing ``recipe:``/``loss_fn``/``optimizer``, legacy keys that do nothing.
 
 What 0.7 accepts (types, strict sections, dataset classes, LoRA selectors, dtypes, the loader's value translation) is
-read from the one home of that knowledge, :mod:`nemo_migrate.automodel_rules`, which the pre-write check of ``convert``
-also uses.
+read from the one home of that knowledge, :mod:`nemo_migrate.automodel` (shared with the runtime), and the type checks
+of :mod:`nemo_migrate.automodel_rules`, which the pre-write check of ``convert`` also uses.
 
 Every value keeps its file:line; nothing is executed and nothing is imported from the config.
 """
@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import knowledge
-from ..automodel_rules import allowed_keys, dtype_ok, field_specs, lora_conflicts, normalize_dtype, translate_all, translate_value, type_ok
+from ..automodel.match import lora_conflicts
+from ..automodel.schema import MISSING as _MISSING
+from ..automodel.schema import allowed_keys, field_specs, schema
+from ..automodel.values import dtype_name, translate_all
+from ..automodel_rules import type_ok
 from ..diagnostics import Diagnostics, did_you_mean
 from .yaml_source import YamlError, _Builder, _mark, compose_file
 
@@ -58,8 +61,7 @@ class AutomodelConfig:
         return out
 
 
-_MISSING = object()
-__all__ = ["AutomodelConfig", "looks_like_automodel", "normalize_dtype", "read_automodel_yaml", "translate_value"]
+__all__ = ["AutomodelConfig", "looks_like_automodel", "read_automodel_yaml"]
 
 
 def looks_like_automodel(data: Any) -> bool:
@@ -108,10 +110,10 @@ def read_automodel_yaml(path: Path, display: str, diags: Diagnostics) -> Automod
 
 def _reverse_lower(cfg: AutomodelConfig) -> None:
     """Apply 0.7's treatment of older forms and record what real Automodel 0.7 would say about the file."""
-    schema = knowledge.load("automodel/schema.yaml")
+    sch = schema()
     f = cfg.findings
     v = cfg.values
-    top = set(schema["top_level"])
+    top = set(sch["top_level"])
     for key in list(v):
         if key not in top:
             f.warning(f"{FIND}201", f"top-level '{key}' is not read by Automodel 0.7's LLM fine-tune recipe (ignored)", key=key,
@@ -143,7 +145,7 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
             if k in dist and dist[k] is None and k != "dp_size":
                 pass
     for sect in list(v):  # a section that is not a mapping cannot be read at all
-        if sect in schema["sections"] or sect in ("model", "optimizer", "loss_fn", "dataset", "validation_dataset", "dataloader"):
+        if sect in sch["sections"] or sect in ("model", "optimizer", "loss_fn", "dataset", "validation_dataset", "dataloader"):
             if not isinstance(v[sect], dict):
                 cfg.rejected[sect] = "not a mapping"
                 f.error(f"{FIND}220", f"section '{sect}' must be a mapping of keys, found {_short(v[sect])}", key=sect, **cfg.where(sect))
@@ -169,11 +171,11 @@ def _reverse_lower(cfg: AutomodelConfig) -> None:
         elif "torch_dtype" in model:
             model.pop("torch_dtype")
         dt = model.get("dtype")
-        if dt is not None and dt != "auto" and not dtype_ok(dt):
+        if dt is not None and dt != "auto" and dtype_name(dt) is None:
             cfg.rejected["model.dtype"] = f"dtype_from_str({dt!r}) raises KeyError"
             f.error(f"{FIND}206", f"model dtype {dt!r} is not accepted by Automodel's dtype_from_str (KeyError)", key="model.dtype",
                     hint="use bfloat16 / bf16 / float32 / float16", **cfg.where("model.torch_dtype" if "model.torch_dtype" in cfg.pos else "model.dtype"))
-    for sect, spec in schema["sections"].items():
+    for sect, spec in sch["sections"].items():
         block = v.get(sect)
         if not isinstance(block, dict):
             continue

@@ -2,7 +2,8 @@
 
 import pytest
 
-from nemo_migrate.runtime.config import apply_override, effective_config, load_yaml, parse_dtype, translate_value
+from nemo_migrate.automodel.values import translate_value
+from nemo_migrate.runtime.config import apply_override, effective_config, load_yaml, parse_dtype
 from nemo_migrate.runtime.errors import RunError
 
 
