@@ -189,9 +189,9 @@ def run(
             c.error_line(f"verify: {e}")
             raise typer.Exit(1)
         if json_:
-            c.print_json(report)
+            c.print_json(report.to_json())
         else:
-            c.verify_report(report, out or Path("verify"))
+            c.verify_report(report.to_json(), out or Path("verify"))
         raise typer.Exit(code)
     from nemo_migrate.runtime.api import RunOptions, run_main  # lazily: convert/diff never import torch
 
@@ -287,16 +287,22 @@ def _unreadable_inputs(paths: list[Optional[Path]]):
 
 @app.command()
 def explain(rule: str = typer.Argument(..., help="A rule id such as PEFT006, or a diagnostic code such as NM213.")) -> None:
-    """Print a rule of the mapping table: what it owns, where it writes, its bucket and the fact it cites."""
-    from . import rules
+    """Explain a rule of the mapping table, e.g. PEFT006 (what it owns, where it writes, its bucket and the fact it
+    cites), or a diagnostic code, e.g. NM213 (what it means, why, and the way out)."""
+    from . import codes, rules
     from .diagnostics import did_you_mean
 
-    r = rules.by_id().get(rule.upper())
-    if r is None:
-        hint = did_you_mean(rule.upper(), rules.by_id())
-        _out().error_line(f"no rule {rule!r}" + (f"; {hint}" if hint else "") + "  (`nemo-migrate rules` lists them)")
-        raise typer.Exit(1)
-    _out().explain(r)
+    key = rule.strip().upper()
+    r = rules.by_id().get(key)
+    if r is not None:
+        _out().explain(r)
+        return
+    if key in codes.registry():
+        print(codes.render(key))
+        return
+    hint = did_you_mean(key, [*rules.by_id(), *codes.registry()])
+    _out().error_line(f"no rule or diagnostic code {rule!r}" + (f"; {hint}" if hint else "") + "  (`nemo-migrate rules` lists the rules)")
+    raise typer.Exit(1)
 
 
 @app.command(name="rules")

@@ -127,7 +127,9 @@ def explain(r) -> None:
         lines.append(f"  reads:   {', '.join(r.reads)}")
     lines.append(f"  writes:  {', '.join(r.targets) or '-'}")
     if r.transform:
-        lines.append(f"  transform: migrate/transforms.py::{r.transform} (may refine the bucket per job)")
+        from .rules.transforms import home
+
+        lines.append(f"  transform: {home(r.transform)}::{r.transform} (may refine the bucket per job)")
     lines.append(f"  fact:    {r.fact}")
     if r.test:
         lines.append(f"  test:    {json.dumps(r.test)}")

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, automodel_rules, emit, fsio, nemo_release, rules
+from .detect import NEMO_CONFIGS, SELF_CONTAINED, YAML_SUFFIXES, Kind, detect, launches, looks_like_recipe
 from .diagnostics import Diagnostics, MigrateError
-from .ir import STATUSES, KnobOutcome, Node, TargetValue
+from .ir import STATUSES, KnobOutcome, LaunchPlan, Node, TargetValue
 from .resolve import Inputs, Job, resolve
-from .sources.launch import Launch, expand_positional, looks_like_launcher, notebook_launch, parse_run_sh, variant_of
+from .sources.launch import Launch, looks_like_launcher, notebook_launch, parse_run_sh, variant_of
 from .sources.recipe_py import RecipeModule, parse_recipe_py
 
 
@@ -55,11 +56,16 @@ class Variant:
     targets: dict[str, TargetValue]
     outcomes: list[KnobOutcome]
     notes: list[rules.Note]
-    nproc: int
-    nnodes: int
     text: str
-    slurm: dict[str, Any] | None = None  # sbatch.sh settings from the job's SlurmExecutor (rules LCH002-LCH004)
-    env: list[tuple[str, str]] = field(default_factory=list)  # exports from a LocalExecutor's env_vars
+    launch: LaunchPlan = field(default_factory=LaunchPlan)  # run.sh / sbatch.sh facts (rules PAR008, LCH001-LCH004)
+
+    @property
+    def nproc(self) -> int:
+        return self.launch.nproc_per_node
+
+    @property
+    def nnodes(self) -> int:
+        return self.launch.nnodes
 
     def counts(self) -> dict[str, int]:
         c = {s: 0 for s in STATUSES}
@@ -138,11 +144,8 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
     """What the job is made of: the recipe/script/notebook, the launcher and the YAML variants (and, for a notebook, the
     interpreted module, since its shell cells may be the launcher)."""
     src = opts.source
-    if not src.exists():
-        diags.error("NM001", f"no such file or directory: {src}")
-        raise MigrateError(diags)
-    if not src.is_dir() and _not_a_file(src):
-        diags.error("NM001", f"{src} is {_not_a_file(src)}, not a file nemo-migrate can read")
+    kind = detect(src, diags)
+    if kind is Kind.UNKNOWN and diags.has_errors:  # NM001: missing or not readable
         raise MigrateError(diags)
     for given in (opts.recipe, opts.run_sh):
         if given is not None and _not_a_file(given):
@@ -153,19 +156,18 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
     launch_path = opts.run_sh
     yamls: list[Path] = []
     job_dir = src.is_dir()  # the job is a folder: its YAMLs are the variants
-    if src.is_dir():
+    if kind in (Kind.NEMO2_DIR, Kind.AUTOMODEL_DIR):  # a folder is read as a job folder: it says what it lacks
         recipe = recipe or _find_recipe(src, diags)
         launch_path = launch_path or _find_launcher(src)
         yamls = _dir_yamls(src, diags)
-    elif src.suffix in (".py", ".ipynb"):
+    elif kind in (Kind.RECIPE, Kind.NOTEBOOK):
         recipe = recipe or src
-    elif src.suffix in (".yaml", ".yml") or (src.suffix in (".json", ".toml") and _is_export(src)):
-        yamls = [src]
-        if recipe is None and (src.parent / "recipe.py").is_file() and src.suffix in (".yaml", ".yml") and not _is_nemo1(src) \
-                and not _is_export(src):
+    elif kind in NEMO_CONFIGS or kind is Kind.YAML or (kind is Kind.AUTOMODEL_YAML and src.suffix in YAML_SUFFIXES):
+        yamls = [src]  # an Automodel YAML is read as a NeMo 2 one: its keys are then reported at their lines
+        if recipe is None and kind not in SELF_CONTAINED and (src.parent / "recipe.py").is_file():
             diags.note("NM004", f"using {src.parent / 'recipe.py'} next to the YAML (pass --recipe to choose another)")
             recipe = src.parent / "recipe.py"
-    elif looks_like_launcher(src):  # run.sh, an sbatch script: the job is what it launches, from its folder
+    elif kind is Kind.LAUNCHER:  # run.sh, an sbatch script: the job is what it launches, from its folder
         launch_path = launch_path or src
         job_dir = True
     else:
@@ -238,7 +240,7 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
             pairs.append((m.group(1) if m else None, yamls[0]))
         else:
             pairs.append((None, None))
-    if recipe is None and not opts.factory and not (launch and launch.factory) and not any(_is_nemo1(y) or _is_export(y) for _, y in pairs if y):
+    if recipe is None and not opts.factory and not (launch and launch.factory) and not any(detect(y, Diagnostics()) in SELF_CONTAINED for _, y in pairs if y):
         diags.error("NM007", "no recipe.py found and no --factory given", hint="pass --recipe recipe.py, or --factory <NeMo recipe name> (e.g. llama3_8b)")
     if diags.has_errors:
         raise MigrateError(diags)
@@ -265,9 +267,9 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
 def _find_recipe(src: Path, diags: Diagnostics) -> Path | None:
     if (src / "recipe.py").is_file():
         return src / "recipe.py"
-    cands = sorted(p for p in list(src.glob("*.py")) + list(src.glob("*.ipynb")) if p.is_file() and _looks_like_recipe(p))
+    cands = sorted(p for p in list(src.glob("*.py")) + list(src.glob("*.ipynb")) if p.is_file() and looks_like_recipe(p))
     if len(cands) > 1:  # helper modules build parts of the job; the script is the one that launches it
-        cands = [p for p in cands if _launches(p)] or cands
+        cands = [p for p in cands if launches(p)] or cands
     if len(cands) > 1:
         diags.error("NM002", f"several recipe files in {src}: {', '.join(p.name for p in cands)}", hint="pick one with --recipe")
         raise MigrateError(diags)
@@ -316,42 +318,6 @@ def _hydra_script(launch: Launch) -> bool:
     return bool(launch.script) and Path(launch.script).name in hydra_scripts()
 
 
-def _is_nemo1(p: Path) -> bool:
-    from .sources.nemo1 import detect
-    from .sources.yaml_source import load_yaml_outline
-
-    return detect(load_yaml_outline(p, p.name, Diagnostics())) is not None
-
-
-def _is_export(p: Path) -> bool:
-    from .sources.nemorun_export import is_export
-
-    return is_export(p)
-
-
-_RECIPE_MARKS = ("finetune_recipe", "pretrain_recipe", "run.cli.main", "run.Partial", "llm.finetune", "llm.pretrain", "nemo_run")
-
-
-_LAUNCH_MARKS = re.compile(r"\brun\.run\(|\bcli\.main\(|\bllm\.finetune\(|\.add\([^)]*executor|\bllm\.pretrain\(")
-
-
-def _launches(p: Path) -> bool:
-    return bool(_LAUNCH_MARKS.search(_head(p, 2_000_000)))
-
-
-def _looks_like_recipe(p: Path) -> bool:
-    head = _head(p, 2_000_000 if p.suffix == ".ipynb" else 200_000)
-    return any(m in head for m in _RECIPE_MARKS)
-
-
-def _head(p: Path, n: int = 20_000) -> str:
-    try:
-        with p.open("r", encoding="utf-8", errors="replace") as fh:
-            return fh.read(n)
-    except OSError:
-        return ""
-
-
 # ---------------------------------------------------------------------------------------------- pipeline
 
 def convert(opts: Options) -> Conversion:
@@ -392,8 +358,7 @@ def _convert(opts: Options, diags: Diagnostics, release: str) -> Conversion:
         for p in emit.dollar_values(targets):
             diags.warning("NM600", f"'{p}' contains '$': Automodel 0.7 expands ${{VAR}} and $VAR in every YAML string when it loads the file",
                           hint="rename the path, or make sure the variable is set when the job starts")
-        launch_sz = ctx.cache.get("launch", {"nproc_per_node": 1, "nnodes": 1})
-        rejected = automodel_rules.check_targets(targets, world_size=launch_sz["nproc_per_node"] * launch_sz["nnodes"])
+        rejected = automodel_rules.check_targets(targets, world_size=ctx.launch.nproc_per_node * ctx.launch.nnodes)
         if rejected:  # never write a config Automodel 0.7 rejects (AM300-AM349, at the NeMo source line)
             diags.extend(rejected)
             failed = True
@@ -401,8 +366,7 @@ def _convert(opts: Options, diags: Diagnostics, release: str) -> Conversion:
         out_name = inp.yamls[0][0].name if inp.yamls else f"{inp.label}.yaml"
         header = _header(inp, job, launch is not None)
         text = emit.render_config(targets, header)
-        variants.append(Variant(inp.variant, inp.label, out_name, job, targets, outcomes, notes,
-                                launch_sz["nproc_per_node"], launch_sz["nnodes"], text, ctx.cache.get("slurm"), list(ctx.cache.get("env", []))))
+        variants.append(Variant(inp.variant, inp.label, out_name, job, targets, outcomes, notes, text, ctx.launch))
     if failed or diags.has_errors:
         raise MigrateError(diags)
     names = [v.output for v in variants]
@@ -411,15 +375,15 @@ def _convert(opts: Options, diags: Diagnostics, release: str) -> Conversion:
         raise MigrateError(diags)
     files = {v.output: v.text for v in variants}
     source = _source_label(opts, inputs, launch)
-    slurm = next((v.slurm for v in variants if v.slurm is not None), None)
+    slurm = next((v.launch for v in variants if v.launch.executor == "slurm"), None)
     try:  # a value that cannot be written into a script safely is refused (NM900-NM904) with everything else found
         files["run.sh"] = _run_sh(variants, launch, source)
         if opts.launcher == "slurm" or (slurm is not None and opts.launcher == "auto"):
             if slurm is not None:
-                for bad in emit.sbatch_problems(slurm):
+                for bad in emit.sbatch_problems({"job_name": slurm.job_name}):
                     diags.warning("NM610", f"#SBATCH {bad} is left out of sbatch.sh: sbatch reads directives unquoted",
                                   hint="use plain values (letters, digits, _ . : , = + / @ % -) or add the line by hand")
-            files["sbatch.sh"] = _sbatch_sh(variants, launch, slurm or {}, source)
+            files["sbatch.sh"] = _sbatch_sh(variants, launch, slurm or LaunchPlan(), source)
     except MigrateError as e:
         diags.extend(e.diags.items)
         raise MigrateError(diags) from None
@@ -466,27 +430,27 @@ def _run_sh(variants: list[Variant], launch: Launch | None, source: str) -> str:
 
 
 def _script_where(variants: list[Variant]) -> dict[str, dict[str, Any]]:
-    """Where each executor value a script writes came from (``executor.partition`` -> file/line), so a value that
-    cannot be written safely is refused at its source line, and where each config file name came from."""
+    """Where each executor value a script writes came from (``executor.partition`` -> file/line, recorded by the rows
+    that wrote the launch plan), so a value that cannot be written safely is refused at its source line, and where
+    each config file name came from."""
     where: dict[str, dict[str, Any]] = {}
     for v in variants:
-        ex = v.job.tree.get("executor")
-        if isinstance(ex, Node):
-            where.setdefault("executor", ex.prov.where())
-            for path, obj in ex.walk("executor"):
-                where.setdefault(path, obj.prov.where())
+        for key, prov in v.launch.where.items():
+            where.setdefault(key, prov.where())
         where.setdefault(v.output, v.job.tree.prov.where())
     return where
 
 
 def _env_of(variants: list[Variant], launch: Launch | None) -> list[tuple[str, str]]:
+    """The launcher's exports, then a local executor's env_vars (a Slurm executor's go into sbatch.sh only)."""
     env = dict(launch.env) if launch else {}
     for v in variants:
-        env.update(v.env)
+        if v.launch.executor == "local":
+            env.update(v.launch.env)
     return sorted(env.items())
 
 
-def _sbatch_sh(variants: list[Variant], launch: Launch | None, slurm: dict[str, Any], source: str) -> str:
+def _sbatch_sh(variants: list[Variant], launch: Launch | None, slurm: LaunchPlan, source: str) -> str:
     pre: list[str] = []
     for v in variants:
         for n in v.notes:
@@ -494,15 +458,16 @@ def _sbatch_sh(variants: list[Variant], launch: Launch | None, slurm: dict[str, 
                 pre.append(n.text)
     vs = [{"name": v.name or v.label, "config": v.output, "nproc": v.nproc, "nnodes": v.nnodes} for v in variants]
     env = dict(_env_of(variants, launch))
-    env.update(slurm.get("env", []))
+    if slurm.executor == "slurm":
+        env.update(slurm.env)
     return emit.render_sbatch_sh({
         "variants": vs, "pre_steps": pre, "source": source,
         "env": sorted(env.items()),
-        "job_name": slurm.get("job_name", "automodel"),
+        "job_name": slurm.job_name,
         "nodes": max(v.nnodes for v in variants),
-        "gpus_per_node": slurm.get("gpus_per_node") or max(v.nproc for v in variants),
-        "sbatch": slurm.get("sbatch", []),
-        "image": slurm.get("image"), "mounts": slurm.get("mounts", []), "srun_args": slurm.get("srun_args", []),
+        "gpus_per_node": slurm.gpus_per_node or max(v.nproc for v in variants),
+        "sbatch": slurm.sbatch_lines(),
+        "image": slurm.image, "mounts": slurm.mounts, "srun_args": slurm.srun_args,
         "where": _script_where(variants),
     })
 

@@ -186,3 +186,48 @@ class KnobOutcome(BaseModel):
     status: Status
     targets: list[str] = Field(default_factory=list)
     reason: str
+
+
+class LaunchPlan(BaseModel):
+    """How the migrated job is started: the facts run.sh and sbatch.sh are rendered from.
+
+    Rows write them like any target value, ``ctx.set("launch.nproc_per_node", 8, "trainer.devices")`` (PAR008 and
+    LCH*), and each written field keeps the rule and provenance that set it in ``origin``; ``where`` locates every
+    NeMo value a script writes (``executor.partition`` -> recipe.py:12), so that a value that cannot be written into
+    a script safely is refused at its source line."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    executor: Literal["local", "slurm"] = "local"  # local: run.sh starts torchrun; slurm: sbatch.sh too (one torchrun per node)
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    gpus_per_node: int | None = None  # Slurm --gpus-per-node (None: nproc_per_node)
+    cpus_per_task: int | None = None  # Slurm --cpus-per-task
+    job_name: str = "automodel"
+    image: str | None = None  # container image (pyxis --container-image)
+    mounts: list[str] = Field(default_factory=list)  # --container-mounts
+    srun_args: list[str] = Field(default_factory=list)
+    sbatch: list[tuple[str, str | None]] = Field(default_factory=list)  # further #SBATCH --flag[=value] lines, in order
+    env: list[tuple[str, str]] = Field(default_factory=list)  # exported before torchrun (the executor's env_vars)
+    origin: dict[str, TargetValue] = Field(default_factory=dict)  # field -> the rule that wrote it, its bucket and sources
+    where: dict[str, Provenance] = Field(default_factory=dict)  # NeMo key -> where the value came from
+
+    @property
+    def rendezvous(self) -> str:
+        """How the processes find each other: c10d on the first node of the allocation (sbatch.sh), else torchrun
+        --standalone on one node or c10d at MASTER_ADDR (run.sh)."""
+        if self.executor == "slurm":
+            return "c10d (first node of the allocation)"
+        return "standalone" if self.nnodes == 1 else "c10d (MASTER_ADDR)"
+
+    def script(self, name: str) -> str:
+        """The launcher a fact lands in (what a knob's outcome names): process counts in run.sh, the rest in the
+        executor's script."""
+        if name in ("nproc_per_node", "nnodes"):
+            return "run.sh"
+        return "sbatch.sh" if self.executor == "slurm" else "run.sh"
+
+    def sbatch_lines(self) -> list[tuple[str, str | None]]:
+        """The extra #SBATCH directives in order: --cpus-per-task (LCH002), then the executor options (LCH004)."""
+        head = [("cpus-per-task", str(self.cpus_per_task))] if self.cpus_per_task is not None else []
+        return head + list(self.sbatch)

@@ -113,7 +113,7 @@ def test_executor_size_mismatch_follows_the_trainer(tmp_path):
     (tmp_path / "recipe.py").write_text(src)
     conv = convert(Options(source=tmp_path / "recipe.py"))
     v = conv.variants[0]
-    assert v.slurm["nodes"] == 2
+    assert v.launch.nnodes == 2
     lch = [o for o in v.outcomes if o.rule == "LCH002"]
     assert {o.status for o in lch} == {"approximate"} and "4 nodes but trainer.num_nodes=2" in lch[0].reason
 

@@ -13,7 +13,8 @@ from nemo_migrate.convert import Options, convert
 from nemo_migrate.diagnostics import Diagnostics, MigrateError
 from nemo_migrate.ir import Provenance
 from nemo_migrate.sources import nemo1
-from nemo_migrate.transforms import automodel_epoch_len, nemo_cosine_hold
+from nemo_migrate.rules.transforms.nemo1 import automodel_epoch_len
+from nemo_migrate.rules.transforms.optim import nemo_cosine_hold
 
 NEMO = "/opt/NeMo/examples/nlp/language_modeling/tuning"
 ALIGNER = "/opt/NeMo-Aligner/examples/nlp/gpt"

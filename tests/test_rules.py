@@ -34,6 +34,10 @@ def _lookup(tree, path):
     return cur
 
 
+def _plain(x):
+    return [_plain(i) for i in x] if isinstance(x, (list, tuple)) else x
+
+
 def run_case(case):
     if case.get("factory") in ("nemo1", "aligner"):  # a NeMo 1.0 / NeMo-Aligner job; `set` entries are Hydra overrides
         return convert(Options(source=FIX / f"{case['factory']}.yaml", sets=list(case.get("set", []))))
@@ -56,10 +60,10 @@ def test_table_is_well_formed():
             seen[s] = r.id
         for d in r.defaults:
             assert d in r.exact_sources, f"{r.id}: default {d} is not one of its sources"
-    from nemo_migrate import transforms
+    from nemo_migrate.rules.transforms import TRANSFORMS
     for r in ROWS:
         if r.transform:
-            assert callable(getattr(transforms, r.transform, None)), f"{r.id}: transform {r.transform} missing"
+            assert callable(TRANSFORMS.get(r.transform)), f"{r.id}: transform {r.transform} missing"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
@@ -73,15 +77,19 @@ def test_rule_row(row):
     conv = run_case(case)
     v = conv.variants[0]
     tree = _tree(v.targets)
+    own = False  # the case checks a value this row wrote (or its bucket, below): it can fail for this row
     for path, want in (case.get("expect") or {}).items():
-        if path.startswith("launch.slurm."):  # what goes into sbatch.sh rather than the config
-            got = (v.slurm or {}).get(path.removeprefix("launch.slurm."), _MISSING)
+        if path.startswith("launch."):  # a launch fact (run.sh / sbatch.sh), written by this row
+            name = path.removeprefix("launch.")
+            got = _plain(getattr(v.launch, name, _MISSING))
             assert got == want, f"{row.id}: {path} = {got!r}, expected {want!r}"
-            assert "sbatch.sh" in conv.files
+            own |= v.launch.origin[name].rule == row.id
+            assert ("sbatch.sh" in conv.files) == (v.launch.executor == "slurm")
             continue
         got = _lookup(tree, path)
         if want is None:
             assert got is _MISSING or got is None, f"{row.id}: {path} should be absent/null, got {got!r}"
+            own |= any(t == path or t.startswith(path + ".") or path.startswith(t + ".") for t in row.targets)  # the row decides it
         else:
             assert got is not _MISSING, f"{row.id}: {path} missing from the emitted config"
             if isinstance(want, float):
@@ -90,6 +98,7 @@ def test_rule_row(row):
                 assert got == want, f"{row.id}: {path} = {got!r}, expected {want!r}"
             tv_rules = {tv.rule for p, tv in v.targets.items() if p == path or p.startswith(path + ".") or path.startswith(p + ".")}
             assert tv_rules, path
+            own |= tv_rules == {row.id}
     if "status" in case:
         set_paths = [s.split("=", 1)[0].rstrip("+-*/") for s in case.get("set", [])]
         mine = [o for o in v.outcomes if o.rule == row.id]
@@ -99,6 +108,7 @@ def test_rule_row(row):
         else:
             relevant = mine
         assert {o.status for o in relevant} == {case["status"]}, f"{row.id}: {[(o.path, o.status, o.reason) for o in relevant]}"
+    assert own or "status" in case, f"{row.id}: the case checks no value this row writes and not its bucket"
 
 
 def test_every_knob_in_exactly_one_bucket():

@@ -458,6 +458,11 @@ class _Lowering:
         else:
             schema.set_path(self.tree, path, Knob(value=value, prov=prov), self.diags, prov.where())
 
+    def default(self, path: str) -> None:
+        """Set a NeMo 1.0 / Aligner default that no shipped config holds (mappings/nemo1/lowering.yaml `defaults`)."""
+        d = knowledge.load("nemo1/lowering.yaml")["defaults"][path]
+        self.set(path, d["value"], Provenance(kind="nemo-default", detail=d["why"]))
+
     def extra(self, path: str, lf: Leaf) -> None:
         node = self.tree.fields["nemo1"]
         assert isinstance(node, Node)
@@ -526,7 +531,7 @@ class _Lowering:
         variant = self.v("model.peft.lora_tuning.variant", "nemo")
         cls = "CanonicalLoRA" if variant == "canonical" else "LoRA"
         self.set("peft", Node(cls=cls, prov=lf.prov), lf.prov)
-        self.set("peft.dropout_position", "post", Provenance(kind="nemo-default", detail="NeMo 1.0 LoRA adds dropout after the adapter"))
+        self.default("peft.dropout_position")
         if self.fmt == "aligner" or "model.peft.lora_tuning.alpha" not in self.leaves:
             dim = self.leaves.get("model.peft.lora_tuning.adapter_dim")
             if dim is not None:
@@ -576,7 +581,7 @@ class _Lowering:
         opt, dist = known[name]
         self.set("optim.config.optimizer", opt, lf.prov)
         self.set("optim.config.use_distributed_optimizer", dist, lf.prov)
-        self.set("optim.config.adam_eps", 1e-8, Provenance(kind="nemo-default", detail="Apex FusedAdam eps=1e-8 (NeMo 1.0 optimizer)"))
+        self.default("optim.config.adam_eps")
         prec = self.v("trainer.precision")
         bf16 = str(prec) in ("bf16", "bf16-mixed")
         self.set("optim.config.bf16", bf16, lf.prov)
@@ -609,7 +614,7 @@ class _Lowering:
             # exp_manager's checkpoint callback saves when validation runs
             self.set("log.ckpt.every_n_train_steps", vci.value, vci.prov.model_copy(update={"detail": "checkpoints are saved at each validation"})
                      if vci.prov.kind != "yaml" else vci.prov)
-        self.set("log.ckpt.save_last", True, Provenance(kind="nemo-default", detail="exp_manager ModelCheckpoint(save_last=True)"))
+        self.default("log.ckpt.save_last")
         pp = self.leaves.get("model.pipeline_model_parallel_size")
         if pp is not None and isinstance(pp.value, int) and pp.value > 1:  # NeMo 2 asks for it explicitly; NeMo 1.0 derives it
             prec = str(self.v("trainer.precision"))
@@ -617,8 +622,7 @@ class _Lowering:
             self.set("trainer.strategy.pipeline_dtype", dtype, Provenance(kind="nemo-default", detail=f"NeMo 1.0 pipelines in the dtype of trainer.precision "
                      f"{prec} (MegatronBaseModel.torch_dtype)"))
         if self.fmt == "aligner":
-            self.set("data.dataset_kwargs.answer_only_loss", True,
-                     Provenance(kind="nemo-default", detail="train_gpt_sft.py builds the datasets with answer_only_loss=True"))
+            self.default("data.dataset_kwargs.answer_only_loss")
             self._aligner_steps()
         else:
             ms = self.leaves.get("trainer.max_steps")

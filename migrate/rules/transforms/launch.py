@@ -1,0 +1,127 @@
+"""Launch rows (PAR008, LCH*): how many processes on how many nodes, and the NeMo-Run executor as run.sh / sbatch.sh facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..context import Ctx, Registry, Result, nemo_default
+
+transform = Registry()
+
+
+@transform
+def launch_size(ctx: Ctx) -> Result | None:
+    ctx.set("launch.nproc_per_node", int(ctx.v("trainer.devices", 1)), "trainer.devices")
+    ctx.set("launch.nnodes", int(ctx.v("trainer.num_nodes", 1)), "trainer.num_nodes")
+    return None
+
+
+@transform
+def dist_env(ctx: Ctx) -> Result | None:
+    ctx.set("dist_env.backend", "nccl")
+    ctx.set("dist_env.timeout_minutes", 30)
+    return None
+
+
+def _static(value: Any) -> bool:
+    """False for an executor argument recipe.py computes at run time (kept as '<source text>')."""
+    return not (isinstance(value, str) and value.startswith("<") and value.endswith(">"))
+
+
+@transform
+def executor_size(ctx: Ctx) -> Result | None:
+    """Nodes and processes per node: the trainer decides (it sized the parallel plan); the executor must agree."""
+    kind = ctx.v("executor._target_")
+    devices, num_nodes = int(ctx.v("trainer.devices", 1)), int(ctx.v("trainer.num_nodes", 1))
+    ntasks = ctx.v("executor.ntasks_per_node", nemo_default("SlurmExecutor.ntasks_per_node"))
+    nodes = ctx.v("executor.nodes", nemo_default("SlurmExecutor.nodes")) if kind == "SlurmExecutor" else 1
+    launcher = ctx.v("executor.launcher")
+    odd = []
+    if _static(ntasks) and ntasks != devices:
+        odd.append(f"{ntasks} processes per node (ntasks_per_node) but trainer.devices={devices}")
+    if _static(nodes) and nodes != num_nodes:
+        odd.append(f"{nodes} nodes but trainer.num_nodes={num_nodes}")
+    if launcher not in (None, "torchrun", "ft") and _static(launcher):
+        odd.append(f"launcher={launcher!r} (the migrated job is started by torchrun)")
+    if kind != "SlurmExecutor":
+        ctx.set("launch.executor", "local", "executor._target_")
+        if odd:
+            return Result("approximate", f"run.{kind}: {'; '.join(odd)}; run.sh follows the trainer (Lightning refuses a mismatch)")
+        return None
+    ctx.set("launch.executor", "slurm", "executor._target_")
+    gpus = ctx.v("executor.gpus_per_node")
+    if isinstance(gpus, int):
+        ctx.set("launch.gpus_per_node", gpus, "executor.gpus_per_node")
+    else:
+        ctx.set("launch.gpus_per_node", devices, "trainer.devices")
+    cpus = ctx.v("executor.cpus_per_task")
+    if isinstance(cpus, int):
+        ctx.set("launch.cpus_per_task", cpus, "executor.cpus_per_task")
+    if odd:
+        return Result("approximate", f"run.SlurmExecutor: {'; '.join(odd)}; sbatch.sh follows the trainer, since Lightning refuses a mismatch")
+    return None
+
+
+@transform
+def executor_container(ctx: Ctx) -> Result | None:
+    image = ctx.v("executor.container_image")
+    if ctx.v("executor._target_") != "SlurmExecutor" or not image:
+        return Result("dropped", "no container image")
+    if not _static(image):
+        return Result("unsupported", f"container_image is computed at run time ({image}); set CONTAINER_IMAGE for sbatch.sh")
+    ctx.set("launch.image", image, "executor.container_image")
+    ctx.note("warning", f"sbatch.sh keeps the container image {image}: it must provide nemo_automodel 0.7 (NeMo 2 framework images do not); "
+                        "override with CONTAINER_IMAGE=... sbatch sbatch.sh")
+    return None
+
+
+_SBATCH_FIELDS = ("account", "partition", "time", "mem", "gres", "network")  # SlurmExecutor fields written as #SBATCH --<field>
+
+
+@transform
+def executor_slurm_options(ctx: Ctx) -> Result | None:
+    kind = ctx.v("executor._target_")
+    env = ctx.v("executor.env_vars")
+    env_items = sorted(env.items()) if isinstance(env, dict) else []
+    skipped = [f"env_vars.{k}" for k, v in env_items if not _static(v)]
+    env_items = [(k, str(v)) for k, v in env_items if _static(v)]
+    env_from = ("executor.env_vars", *(f"executor.env_vars.{k}" for k, _ in env_items))
+    ctx.set("launch.env", env_items, *env_from)
+    if kind != "SlurmExecutor":
+        return Result("unsupported", f"computed at run time: {', '.join(skipped)}") if skipped else None
+    sbatch: list[tuple[str, str | None]] = []
+    froms: list[str] = []
+    for key in _SBATCH_FIELDS:
+        v = ctx.v(f"executor.{key}")
+        if v in (None, ""):
+            continue
+        if not _static(v):
+            skipped.append(key)
+            continue
+        sbatch.append((key, str(v)))
+        froms.append(f"executor.{key}")
+    if ctx.v("executor.exclusive"):
+        sbatch.append(("exclusive", None))
+        froms.append("executor.exclusive")
+    extra = ctx.v("executor.additional_parameters") or {}
+    if isinstance(extra, dict):
+        froms.append("executor.additional_parameters")
+        for k, v in sorted(extra.items()):
+            if _static(v):
+                sbatch.append((str(k).replace("_", "-"), None if v is True else str(v)))
+                froms.append(f"executor.additional_parameters.{k}")
+            else:
+                skipped.append(f"additional_parameters.{k}")
+    ctx.set("launch.sbatch", sbatch, *froms)
+    prefix = ctx.v("executor.job_name_prefix")
+    name = ctx.v("log.name") or "automodel"
+    ctx.set("launch.job_name", f"{prefix if prefix and _static(prefix) else ''}{name}", "executor.job_name_prefix", "log.name")
+    for key in ("container_mounts", "srun_args"):
+        v = ctx.v(f"executor.{key}") or []
+        if isinstance(v, list) and all(_static(x) for x in v):
+            ctx.set(f"launch.{key.removeprefix('container_')}", [str(x) for x in v], f"executor.{key}")
+        elif v:
+            skipped.append(key)
+    if skipped:
+        return Result("unsupported", f"computed at run time, so not in sbatch.sh: {', '.join(skipped)}")
+    return None
