@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,27 @@ def set_rng_state(st: dict[str, Any]) -> None:
                          st["numpy_has_gauss"], st["numpy_gauss"]))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state(st["cuda"])
+
+
+def seed_all(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+@contextmanager
+def scoped_seed(seed: int):
+    """Seed every RNG for the block; the state from before it is restored after."""
+    saved = rng_state()
+    seed_all(seed)
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,6 +350,15 @@ def apply_retention(root: Path, keep: int | None) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 # Distributed helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)  # never turned into a message
+
+
+def first_line(e: BaseException, n: int = 300) -> str:
+    """An exception's first line, at most ``n`` characters (for a one-paragraph message)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if len(text) <= n else text[: n - 3] + "..."
+
 
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:

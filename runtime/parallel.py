@@ -1,10 +1,30 @@
-"""Distributed setup: process group, DeviceMesh, tensor parallelism (DTensor plans, LoRA-aware), FSDP2/DDP,
-activation checkpointing and per-layer torch.compile.
+"""Distributed setup and ``parallelize``: the one place that turns a built HF model into the model the loop trains.
 
 Mesh (FSDP2): ``(dp_replicate, dp_shard, tp)`` with ``dp = world / tp`` (cp = pp = 1 here); FSDP2 shards over
-``dp_shard`` (HSDP replicates over ``dp_replicate``). A single process also gets a 1-rank group and keeps
-FSDP2, so its MixedPrecisionPolicy applies as on N ranks (0.7.0 skips fully_shard on one rank and with it the
-policy; see README).
+``dp_shard`` (HSDP replicates over ``dp_replicate``).
+
+``parallelize(model, spec, meshes, env=...)`` applies, in this order (each step needs what the one before made):
+
+0. trainability and storage: LoRA freezes the base, whose storage becomes the FSDP2 compute dtype (0.7); a full
+   fine-tune with ``nemo_compat.master_weights: fp32`` keeps fp32 weights. The LoRA targets are found here, on the
+   plain ``nn.Linear`` modules. First, because every later step copies or wraps the weights.
+1. Liger kernels: patch the HF modules' forwards while they are still the plain HF modules.
+2. FP8: the frozen base ``nn.Linear`` become torchao ``Float8Linear``. Before LoRA, so the adapters wrap the FP8
+   linear (0.7.0 swaps after LoRA, and the swap drops every adapter).
+3. LoRA: adapters on the targets (their init draws from the RNG: the caller's unranked seed), the initial adapter.
+4. activation checkpointing (HF's, per decoder layer): before compile, so each compiled layer runs inside its
+   checkpoint, and before FSDP2, which wraps the layers.
+5. TP/SP: DTensor plans; after LoRA, so the adapters are sharded with their base (LoRA-aware styles).
+6. torch.compile, per decoder layer: after TP, so it traces the DTensor layers.
+7. FSDP2 (or DDP) last: it shards the final parameters, per decoder layer and then the root.
+
+FSDP2 on one process: a single process also gets a 1-rank mesh and keeps FSDP2, so its MixedPrecisionPolicy
+(0.7 default: bf16 compute, fp32 reduce) applies as on N ranks -- a ``float32`` model trains with bf16 compute on 1
+rank as on 8 (0.7.0 skips ``fully_shard`` on one rank and with it the policy; see README). One exception: on ONE CUDA
+GPU, when every parameter is already stored in the policy's ``param_dtype`` (and there is no CPU offload), the model
+runs unwrapped, as 0.7 does: the policy's casts would be no-ops there, and FSDP2 would only copy each layer's
+weights in and out around every micro-batch. What differs then is said in a note at start: gradients accumulate over
+micro-batches in ``param_dtype`` (FSDP2: ``reduce_dtype``); the policy's ``output_dtype`` is not applied either.
 """
 
 from __future__ import annotations
@@ -12,7 +32,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -287,3 +307,136 @@ def dp_all_reduce(t: torch.Tensor, meshes: Meshes | None) -> torch.Tensor:
     if meshes is not None and meshes.dp.size() > 1:
         dist.all_reduce(t, group=meshes.dp_group)
     return t
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parallelize: the order (see the module docstring)
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Parallelized:
+    model: nn.Module  # what the loop calls: FSDP2-sharded, DDP-wrapped, or the model itself
+    inner: nn.Module  # the model itself (TP/FSDP2 shard its parameters in place): state dicts, optimizer
+    lora_info: Any  # lora.LoraInfo, or None for a full fine-tune
+    liger: str | None  # the Liger kernels applied (None: not used)
+    storage: torch.dtype  # the dtype the model was built in
+
+
+def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Callable[[str], None] = print,
+                run_dir=None) -> Parallelized:
+    """Apply, in the documented order, what ``spec`` asks for; ``run_dir`` receives ``initial_adapter.safetensors``
+    (``nemo_compat.save_init_adapter``). Call it under the unranked seed: step 3 draws the LoRA init."""
+    from . import lora as lora_mod
+    from .config import torch_dtype
+    from .fp8 import convert_fp8
+    from .kernels import apply_liger
+
+    d = spec.dist
+    storage = next(model.parameters()).dtype
+    # 0. trainability and storage
+    targets = None
+    if spec.peft is not None:
+        targets = lora_mod.find_targets(model, spec.peft)
+        if not targets:
+            sample = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:4]
+            raise RunError("peft matched no nn.Linear module (patterns match full module names)",
+                           key="peft.target_modules", found=spec.peft.target_modules or spec.peft.exclude_modules,
+                           hint=f"names look like {sample}; use e.g. '*_proj' or '*.q_proj'")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if d.strategy == "fsdp2" and d.param_dtype in ("bfloat16", "float16"):
+            cast_params(model, frozen=torch_dtype(d.param_dtype))  # 0.7: frozen storage = compute
+    elif spec.compat.master_weights == "fp32":
+        cast_params(model, trainable=torch.float32)
+    # 1. Liger kernels
+    liger = apply_liger(model, spec.model, device=env.device, tp=d.tp, ignore_index=spec.loss_ignore_index,
+                        compiled=bool(spec.compile.enabled or d.enable_compile))
+    if liger:
+        log(f"kernels: {liger}")
+    # 2. FP8 (the frozen base linears)
+    if spec.fp8 is not None:
+        converted = convert_fp8(model, spec.fp8, frozen_base=spec.peft is not None, single_process=env.world_size == 1)
+        log(f"fp8: {len(converted)} linear(s) run in float8 ({spec.fp8.recipe_name or 'tensorwise'}"
+            f"{', emulated' if spec.fp8.emulate else ''})" + (
+                "; LoRA adapters wrap the FP8 base linears and stay trainable" if spec.peft is not None else ""))
+    # 3. LoRA
+    lora_info = None
+    if spec.peft is not None:
+        p = spec.peft
+        ldt = torch_dtype(p.lora_dtype) or (torch.float32 if spec.compat.master_weights == "fp32" else storage)
+        lora_info = lora_mod.apply_lora(model, p, targets=targets, tied_a=spec.compat.lora_tied_a, lora_dtype=ldt)
+        initial_adapter(model, lora_info, spec.compat, run_dir=run_dir, is_main=env.is_main, log=log)
+        tied = f", tied A in {len(lora_info.tied_groups)} group(s)" if lora_info.tied_groups else ""
+        log(f"peft: LoRA on {len(targets)} linear(s), dim {p.dim}, alpha {p.alpha:g} (scale {p.alpha / p.dim:g}), "
+            f"dropout {p.dropout:g} ({p.dropout_position}){tied}")
+    # 4. activation checkpointing
+    if d.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    # 5. tensor / sequence parallelism
+    if d.tp > 1:
+        apply_tp(model, meshes.tp, sequence_parallel=d.sequence_parallel,
+                 lora_dim=spec.peft.dim if spec.peft else None)
+    # 6. torch.compile per decoder layer
+    if spec.compile.enabled or d.enable_compile:
+        compile_layers(model, spec.compile)
+    # 7. FSDP2 / DDP
+    if d.strategy != "fsdp2":
+        wrapped = apply_ddp(model, env, d)
+    elif plain_on_one_gpu(model, d, env):
+        wrapped = model
+        log("note: one GPU with every parameter in the compute dtype: FSDP2 wrapping skipped (as Automodel 0.7 "
+            "does on one rank); gradients accumulate in that dtype")
+    else:
+        wrapped = apply_fsdp(model, meshes, d)
+    return Parallelized(model=wrapped, inner=model, lora_info=lora_info, liger=liger, storage=storage)
+
+
+def plain_on_one_gpu(model: nn.Module, dspec, env: DistEnv) -> bool:
+    """The one case FSDP2 is skipped (module docstring): one CUDA process, no offload, every parameter already
+    stored in ``param_dtype``."""
+    return (dspec.strategy == "fsdp2" and env.world_size == 1 and env.device.type == "cuda" and not dspec.offload
+            and dspec.param_dtype is not None
+            and all(p.dtype == getattr(torch, dspec.param_dtype) for p in model.parameters()))
+
+
+def initial_adapter(model: nn.Module, info, compat, *, run_dir, is_main: bool, log: Callable[[str], None]) -> None:
+    """nemo_compat.init_adapter / save_init_adapter (run --verify: both legs start from the same LoRA A and B)."""
+    from . import lora as lora_mod
+    from .checkpoint import first_line
+
+    if compat.init_adapter:
+        from safetensors.torch import load_file
+
+        try:
+            adapter = load_file(compat.init_adapter)
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError
+            raise RunError(f"cannot read the adapter file ({first_line(e)})", key="nemo_compat.init_adapter",
+                           found=compat.init_adapter, hint="give a PEFT adapter_model.safetensors") from None
+        for g in info.tied_groups:  # a tied group starts from its owner's A; the file must agree
+            a0 = adapter.get(f"base_model.model.{g[0]}.lora_A.weight")
+            for m in g[1:]:
+                am = adapter.get(f"base_model.model.{m}.lora_A.weight")
+                if a0 is not None and am is not None and not torch.equal(a0, am):
+                    raise RunError(f"nemo_compat.init_adapter: {m} has its own A but the run ties it to {g[0]}",
+                                   key="nemo_compat.init_adapter")
+        try:
+            want = lora_mod.trainable_keys_from_adapter(adapter, info)
+        except KeyError as e:
+            raise RunError(f"nemo_compat.init_adapter has no LoRA weights for {e.args[0]}",
+                           key="nemo_compat.init_adapter") from None
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in want.items():
+                if k not in params or params[k].shape != v.shape:
+                    raise RunError(f"nemo_compat.init_adapter: {k} does not fit this model", key="nemo_compat.init_adapter")
+                params[k].copy_(v.to(params[k].dtype))
+        log(f"peft: initial LoRA weights from {compat.init_adapter}")
+    if compat.save_init_adapter and is_main and run_dir is not None:
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        sd = {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in lora_mod.adapter_tensors(sd, info).items()},
+                  str(Path(run_dir) / "initial_adapter.safetensors"))

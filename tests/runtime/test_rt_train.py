@@ -364,7 +364,7 @@ def test_preemption_signal_checkpoints_and_stops(cfg_factory, tmp_path):
         real = tr.train_step
 
         def step_then_signal(batches):
-            tr._signal = True  # as if SIGTERM arrived during this step (0.7's preemption_signal)
+            tr.preemption.received = True  # as if SIGTERM arrived during this step (0.7's preemption_signal)
             return real(batches)
 
         tr.train_step = step_then_signal
