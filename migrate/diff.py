@@ -16,11 +16,12 @@ from typing import Any
 
 from . import knowledge, rules
 from .convert import Options, Variant, convert
+from .detect import Kind, detect
 from .diagnostics import Diagnostic, Diagnostics, MigrateError
-from .semantics import _MISSING, Fact, FactCtx, View, facts, same_value
-from .sources.launch import HYDRA_SCRIPTS
-from .sources.automodel_yaml import AutomodelConfig, looks_like_automodel, read_automodel_yaml
-from .sources.yaml_source import load_yaml_file
+from .automodel.match import matches
+from .automodel.schema import MISSING as _MISSING
+from .semantics import Fact, FactCtx, View, facts, linear_modules, lr_schedule, same_value
+from .sources.automodel_yaml import AutomodelConfig, read_automodel_yaml
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -170,8 +171,6 @@ def automodel_side(path: Path, display: str, diags: Diagnostics, nproc: int | No
 
 def _semantic_findings(cfg: AutomodelConfig, view: AutomodelView, ctx: FactCtx) -> None:
     """Findings that need the architecture or the step count: LoRA patterns matching nothing, warmup >= decay."""
-    from .semantics import linear_modules, lr_schedule, matches
-
     if isinstance(cfg.get("peft"), dict) and "peft" not in cfg.rejected:
         pats = cfg.get("peft.target_modules") or []
         mods = linear_modules(ctx.family, ctx.layers)
@@ -212,28 +211,10 @@ def _semantic_findings(cfg: AutomodelConfig, view: AutomodelView, ctx: FactCtx) 
 
 
 def _kind_of(path: Path, diags: Diagnostics) -> str:
-    if path.is_dir():
-        # a NeMo job directory: recipe.py, a launcher (run.sh may name a Hydra --config-path), or NeMo YAML
-        launcher = path / "run.sh"
-        text = launcher.read_text(encoding="utf-8", errors="replace")[:100_000] if launcher.is_file() else ""
-        nemo_launcher = "--config-name" in text or any(s in text for s in HYDRA_SCRIPTS)  # NeMo 1.0 / Aligner (Hydra)
-        if (path / "recipe.py").is_file() or nemo_launcher or any(_is_nemo_yaml(p, diags) for p in path.glob("*.yaml")):
-            return "nemo2"
-        return "automodel"
-    if path.suffix in (".py", ".ipynb", ".json", ".toml"):  # a recipe/script, a notebook or a NeMo-Run export
-        return "nemo2"
-    if path.suffix not in (".yaml", ".yml"):
-        from .sources.launch import looks_like_launcher
-
-        if looks_like_launcher(path):  # run.sh, an sbatch script: the NeMo job it launches
-            return "nemo2"
-    return "nemo2" if _is_nemo_yaml(path, diags) else "automodel"
-
-
-def _is_nemo_yaml(path: Path, diags: Diagnostics) -> bool:
-    d = Diagnostics()
-    data = load_yaml_file(path, path.name, d)
-    return isinstance(data, dict) and not looks_like_automodel(data)
+    """Which side reads ``path``: the one detector (``detect``) decides; a YAML that does not parse, or a file of no
+    known kind, goes to the Automodel reader, which reports where it breaks."""
+    kind = detect(path, diags)
+    return "automodel" if kind.automodel or kind in (Kind.YAML, Kind.UNKNOWN) else "nemo2"
 
 
 # ---------------------------------------------------------------------------------------------- comparing

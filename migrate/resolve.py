@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import knowledge, nemo_release, recipes, schema
+from .detect import Kind, detect
 from .diagnostics import Diagnostics, MigrateError, did_you_mean
 from .ir import Knob, Node, Provenance, find_cycle
 from .sources.launch import Launch
@@ -82,17 +83,11 @@ class Inputs:
 
 def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None) -> Job:
     """Build the effective job or raise MigrateError (every problem found is in ``diags``)."""
-    from .sources import nemorun_export
-
-    if len(inp.yamls) == 1 and nemorun_export.is_export(inp.yamls[0][0]):
+    kind = detect(inp.yamls[0][0], Diagnostics()) if len(inp.yamls) == 1 else None
+    if kind is Kind.NEMORUN_EXPORT:
         return _resolve_export(inp, diags)
-    if len(inp.yamls) == 1:
-        from .sources import nemo1
-        from .sources.yaml_source import load_yaml_outline
-
-        fmt = nemo1.detect(load_yaml_outline(inp.yamls[0][0], inp.yamls[0][1], Diagnostics()))
-        if fmt is not None:
-            return _resolve_nemo1(inp, fmt, diags)
+    if kind in (Kind.NEMO1, Kind.ALIGNER):
+        return _resolve_nemo1(inp, kind.value, diags)
     if module is None and inp.recipe is not None:
         module = parse_recipe_py(inp.recipe, inp.recipe_display or str(inp.recipe), diags)
         if module is None:

@@ -524,7 +524,7 @@ def test_json_output(tmp_path):
 
 
 def test_inspect_and_convert_with_a_local_checkpoint_do_not_import_torch(tmp_path):
-    code = ("import sys; from migrate import checkpoint; c, d = checkpoint.inspect(sys.argv[1]); assert c.arch == 'llama' and not d.has_errors\n"
+    code = ("import sys; from nemo_migrate import checkpoint; c, d = checkpoint.inspect(sys.argv[1]); assert c.arch == 'llama' and not d.has_errors\n"
             "from nemo_migrate.cli import main; sys.argv = ['nemo-migrate', 'convert', sys.argv[2], '--set', 'resume.restore_config.path=' + sys.argv[1]]\n"
             "try: main()\nexcept SystemExit as e: assert e.code == 0, e.code\n"
             "bad = [m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules]; assert not bad, bad")

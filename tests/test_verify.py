@@ -1,6 +1,6 @@
 """`nemo-migrate run --verify` on CPU: a tiny Llama proxy, a tokenizer trained here, data written here.
 
-The reference leg is lowered from the NeMo job by migrate/verify.py (not by the rule table); the migrated leg is
+The reference leg is lowered from the NeMo job by migrate/verify/reference.py (not by the rule table); the migrated leg is
 convert's output.  With every admitted approximation removed, the migrated leg must match the reference (the rows
 marked exact); the published guide's hand-written YAML must fail that check (it changes the learning rate)."""
 import json

@@ -1,4 +1,4 @@
-"""`run --verify --against automodel` (migrate/verify_automodel.py).
+"""`run --verify --against automodel` (migrate/verify/automodel.py).
 
 The leg itself needs CUDA (Automodel 0.7.0's recipe does); what runs here: the leg's config checked by Automodel's own
 config code, the initial adapters landing in Automodel's real LinearLoRA modules (and giving the runtime's outputs),
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from nemo_migrate import verify_automodel as va
-from nemo_migrate.verify import envelope_of, migrated_config
+from nemo_migrate.verify import automodel as va
+from nemo_migrate.verify import migrated_config
+from nemo_migrate.verify.report import AutomodelLegInfo, LegRun
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "golden" / "seed" / "input"
@@ -50,23 +51,26 @@ def test_automodel_leg_config_points_at_this_machine_and_drops_runtime_sections(
 
 def _leg(loss, labels, lr=None, tp=100):
     lr = lr or [1e-4] * len(loss)
-    return {"steps": [{"step": i, "loss": x, "grad_norm": 1.0, "lr": r, "num_label_tokens": n}
-                      for i, (x, n, r) in enumerate(zip(loss, labels, lr))], "summary": {"trainable_params": tp}}
+    return LegRun(name="leg", dir="d", config="c", command=[], seconds=0.0,
+                  steps=[{"step": i, "loss": x, "grad_norm": 1.0, "lr": r, "num_label_tokens": n}
+                         for i, (x, n, r) in enumerate(zip(loss, labels, lr))], summary={"trainable_params": tp})
 
 
 def _am(loss, labels, *, lora=14, fp8=0, tp=100, moved=28, total=28, lr=None):  # moved: adapters with a gradient
     leg = _leg(loss, labels, lr, tp)
-    leg["automodel"] = {"setup": {"lora_modules": lora, "float8_modules": fp8, "trainable_params": tp},
-                        "adapters": {"copied": total, "not_in_automodel": [], "not_in_adapter": []},
-                        "trained": {"adapters_total": total, "adapters_with_gradient": moved}}
+    leg.automodel = AutomodelLegInfo.model_validate({
+        "automodel_version": "0.7.0", "torch": "2.x",
+        "setup": {"lora_modules": lora, "float8_modules": fp8, "trainable_params": tp},
+        "adapters": {"copied": total, "not_in_automodel": [], "not_in_adapter": []},
+        "trained": {"adapters_total": total, "adapters_with_gradient": moved, "adapters_moved": moved, "adapters_finite": True, "steps": len(loss)}})
     return leg
 
 
 def test_against_verdict_match_and_each_way_it_differs():
     rt = _leg([2.0, 1.9, 1.8], [40, 41, 42])
-    ok = va.summarize({"as_configured": va.compare(rt, _am([2.0, 1.9005, 1.8004], [40, 41, 42]), envelope_of)},
+    ok = va.summarize({"as_configured": va.compare(rt, _am([2.0, 1.9005, 1.8004], [40, 41, 42]))},
                       {"migrated": rt}, {"automodel": _am([2.0, 1.9005, 1.8004], [40, 41, 42])}, peft=True)
-    assert ok["verdict"] == "match" and not ok["findings"]
+    assert ok.verdict == "match" and not ok.findings
     cases = {
         "loss": _am([2.0, 1.95, 1.8], [40, 41, 42]),
         "label tokens": _am([2.0, 1.9, 1.8], [40, 41, 43]),
@@ -76,27 +80,27 @@ def test_against_verdict_match_and_each_way_it_differs():
         "received a gradient": _am([2.0, 1.9, 1.8], [40, 41, 42], moved=0),
     }
     for what, am in cases.items():
-        res = va.summarize({"as_configured": va.compare(rt, am, envelope_of)}, {"migrated": rt}, {"automodel": am}, peft=True)
-        assert res["verdict"] == "differs" and any(what in f for f in res["findings"]), (what, res["findings"])
+        res = va.summarize({"as_configured": va.compare(rt, am)}, {"migrated": rt}, {"automodel": am}, peft=True)
+        assert res.verdict == "differs" and any(what in f for f in res.findings), (what, res.findings)
     uncovered = _am([2.0, 1.9, 1.8], [40, 41, 42])
-    uncovered["automodel"]["adapters"]["not_in_adapter"] = ["model.layers.0.mlp.down_proj.lora_A.weight"]
-    res = va.summarize({"as_configured": va.compare(rt, uncovered, envelope_of)}, {"migrated": rt}, {"automodel": uncovered}, peft=True)
-    assert res["verdict"] == "differs" and any("not in the initial adapters" in f for f in res["findings"])
+    uncovered.automodel.adapters.not_in_adapter = ["model.layers.0.mlp.down_proj.lora_A.weight"]
+    res = va.summarize({"as_configured": va.compare(rt, uncovered)}, {"migrated": rt}, {"automodel": uncovered}, peft=True)
+    assert res.verdict == "differs" and any("not in the initial adapters" in f for f in res.findings)
     extra = _am([2.0, 1.9, 1.8], [40, 41, 42])  # the reference's (NeMo's) targets may be more than the migrated ones
-    extra["automodel"]["adapters"]["not_in_automodel"] = ["model.layers.0.mlp.down_proj.lora_A.weight"]
-    assert va.summarize({"as_configured": va.compare(rt, extra, envelope_of)}, {"migrated": rt}, {"automodel": extra},
-                        peft=True)["verdict"] == "match"
+    extra.automodel.adapters.not_in_automodel = ["model.layers.0.mlp.down_proj.lora_A.weight"]
+    assert va.summarize({"as_configured": va.compare(rt, extra)}, {"migrated": rt}, {"automodel": extra},
+                        peft=True).verdict == "match"
     fp8 = va.summarize({}, {"migrated": rt}, {"automodel": cases["no LoRA-adapted modules"]}, peft=True)
-    assert any("Float8Linear" in f for f in fp8["findings"])
+    assert any("Float8Linear" in f for f in fp8.findings)
 
 
 def test_the_dropout0_pair_decides_when_there_is_dropout():
     rt, rt0 = _leg([2.0, 1.9], [40, 41]), _leg([2.0, 1.88], [40, 41])
     noisy, exact = _am([2.0, 1.97], [40, 41]), _am([2.0, 1.8801], [40, 41])
-    pairs = {"as_configured": va.compare(rt, noisy, envelope_of), "dropout0": va.compare(rt0, exact, envelope_of)}
+    pairs = {"as_configured": va.compare(rt, noisy), "dropout0": va.compare(rt0, exact)}
     res = va.summarize(pairs, {"migrated": rt, "migrated-dropout0": rt0}, {"automodel": noisy, "automodel-dropout0": exact}, peft=True)
-    assert res["decided_by"] == "dropout0" and res["verdict"] == "match"
-    assert res["pairs"]["as_configured"]["loss_envelope"] == "beyond"  # reported, but dropout masks differ by design
+    assert res.decided_by == "dropout0" and res.verdict == "match"
+    assert res.pairs["as_configured"].loss_envelope == "beyond"  # reported, but dropout masks differ by design
 
 
 def test_the_exception_a_rank_raised_is_named_not_torchruns_wrapper():
@@ -188,8 +192,8 @@ def test_initial_adapters_land_in_automodels_lora_and_give_the_runtimes_outputs(
             want = g_am[n]
         torch.testing.assert_close(g, want, atol=2e-6, rtol=1e-4)
     st = va.inspect_model(am)
-    assert st["lora_modules"] == 14 and st["float8_modules"] == 0
-    assert st["trainable_params"] == sum(v.numel() for v in plan["copy"].values())
+    assert st.lora_modules == 14 and st.float8_modules == 0
+    assert st.trainable_params == sum(v.numel() for v in plan["copy"].values())
 
 
 @pytest.mark.automodel
@@ -206,10 +210,10 @@ def test_automodels_fp8_swap_after_lora_drops_the_adapters():
     targets = ["*.q_proj", "*.k_proj", "*.v_proj", "*.o_proj", "*.gate_proj", "*.up_proj", "*.down_proj"]
     assert apply_lora_to_linear_modules(m, PeftConfig(target_modules=targets, dim=16, alpha=32)) == 14
     before = va.inspect_model(m)
-    assert before["lora_modules"] == 14 and before["trainable_params"] > 0
+    assert before.lora_modules == 14 and before.trainable_params > 0
     m = apply_fp8_to_model(m, config=build_fp8_config({"enabled": True, "emulate": True, "filter_fqns": ["lm_head"]}))
     after = va.inspect_model(m)
-    assert after["lora_modules"] == 0 and after["float8_modules"] == 14 and after["trainable_params"] == 0
+    assert after.lora_modules == 0 and after.float8_modules == 14 and after.trainable_params == 0
 
 
 @pytest.mark.automodel

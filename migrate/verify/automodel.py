@@ -2,8 +2,8 @@
 
 The migrated leg of ``run --verify`` is the bundled runtime executing Automodel 0.7's semantics.  This checks that
 runtime itself: the same YAML goes to ``nemo_automodel.recipes.llm.train_ft.TrainFinetuneRecipeForNextTokenPrediction``
-(started by ``torchrun -m nemo_migrate.verify_automodel``, i.e. :func:`main`), from the same weights (a proxy is saved to
-disk first, and every leg loads it), the same data file, tokenizer and seed, and the same initial LoRA A and B (the
+(started by ``torchrun -m nemo_migrate.verify.automodel``, i.e. :func:`main`), from the same weights (a proxy is saved
+to disk first, and every leg loads it), the same data file, tokenizer and seed, and the same initial LoRA A and B (the
 reference leg's step-0 adapters are copied into Automodel's ``LinearLoRA`` modules after ``setup()``).  Nothing of
 Automodel is patched: the leg only stops the loop after ``--steps`` optimizer steps (``step_scheduler.max_steps`` is
 capped after ``setup()``, so the LR schedule is the configured one), records what ``build_model`` returned (LoRA and
@@ -29,7 +29,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .report import (EXACT, AgainstAutomodel, AutomodelAdapters, AutomodelLegInfo, AutomodelSetup, AutomodelTrained, LabelTokens, LegRun,
+                     PairComparison, envelope_of)
 
 AUTOMODEL_VERSION = "0.7.0"
 RECIPE = "TrainFinetuneRecipeForNextTokenPrediction"
@@ -65,8 +68,8 @@ def unavailable() -> str | None:
 def automodel_config(leg_cfg: dict, *, model_dir: Path, leg_dir: Path) -> dict:
     """The migrated leg's YAML as Automodel runs it: the same sections, this machine's model dir, no checkpoints.
 
-    ``leg_cfg`` is the runtime leg's config (verify's ``migrated_config``: local data, tokenizer and process count
-    already in it); the runtime-only ``nemo_compat`` section is removed."""
+    ``leg_cfg`` is the runtime leg's config (legs.migrated_config: local data, tokenizer and process count already in
+    it); the runtime-only ``nemo_compat`` section is removed."""
     cfg = json.loads(json.dumps(leg_cfg))
     cfg.pop("nemo_compat", None)
     recipe = cfg.get("recipe", RECIPE)
@@ -101,7 +104,7 @@ def adapter_targets(adapter: dict[str, Any], param_names: list[str]) -> dict[str
     return {"copy": copy, "not_in_automodel": sorted(missing), "not_in_adapter": sorted(have - set(copy))}
 
 
-def inspect_model(model) -> dict[str, Any]:
+def inspect_model(model) -> AutomodelSetup:
     """LoRA-adapted and FP8 modules, trainable parameters (DTensor numel is the global size)."""
     lora, fp8, kinds = [], [], {}
     for name, m in model.named_modules():
@@ -115,14 +118,13 @@ def inspect_model(model) -> dict[str, Any]:
     trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
     for name in lora:
         kinds[name.rsplit(".", 1)[-1]] = kinds.get(name.rsplit(".", 1)[-1], 0) + 1
-    return {"lora_modules": len(lora), "lora_module_kinds": kinds, "float8_modules": len(fp8),
-            "float8_examples": fp8[:4], "trainable_params": trainable, "total_params": total,
-            "trainable_examples": trainable_names[:4]}
+    return AutomodelSetup(lora_modules=len(lora), lora_module_kinds=kinds, float8_modules=len(fp8), float8_examples=fp8[:4],
+                          trainable_params=trainable, total_params=total, trainable_examples=trainable_names[:4])
 
 
 def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | None, work: Path, steps: int,
-            nproc: int, log) -> dict[str, Any]:
-    """One Automodel leg in its own torchrun; returns verify's leg dict (steps, summary, ...) or raises RuntimeError."""
+            nproc: int, log) -> LegRun:
+    """One Automodel leg in its own torchrun; returns the leg as it ran or raises AutomodelLegError."""
     leg_dir = work / name
     leg_dir.mkdir(parents=True, exist_ok=True)
     cfg = automodel_config(leg_cfg, model_dir=model_dir, leg_dir=leg_dir)
@@ -131,7 +133,7 @@ def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | N
     (leg_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=1000))
     report = leg_dir / "automodel-leg.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "nemo_migrate.verify_automodel", str(leg_dir / "config.yaml"), "--steps", str(steps), "--report", str(report)]
+           "-m", "nemo_migrate.verify.automodel", str(leg_dir / "config.yaml"), "--steps", str(steps), "--report", str(report)]
     if init_adapter is not None:
         cmd += ["--init-adapter", str(init_adapter)]
     log(f"leg {name} (Automodel {AUTOMODEL_VERSION}): torchrun {' '.join(shlex.quote(c) for c in cmd[3:])}")
@@ -140,7 +142,7 @@ def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | N
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     (leg_dir / "output.txt").write_text(r.stdout + r.stderr)
-    info = json.loads(report.read_text()) if report.is_file() else {}
+    info = _leg_info(report)
     jl = leg_dir / "automodel" / "training.jsonl"
     rows = [json.loads(x) for x in jl.read_text().splitlines() if x.strip()] if jl.is_file() else []
     if r.returncode != 0 or not rows:
@@ -151,9 +153,17 @@ def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | N
                                 raised=raised)
     steps_ = [{"step": int(x["step"]), "loss": x.get("loss"), "grad_norm": x.get("grad_norm"), "lr": x.get("lr"),
                "num_label_tokens": x.get("num_label_tokens"), "num_tokens": x.get("num_tokens_per_step")} for x in rows]
-    return {"name": name, "dir": str(leg_dir), "config": str(leg_dir / "config.yaml"), "command": cmd[1:],
-            "seconds": round(time.time() - t0, 1), "steps": steps_, "summary": {"trainable_params": info.get("setup", {}).get("trainable_params")},
-            "automodel": info}
+    setup = info.setup if info is not None and info.setup is not None else AutomodelSetup()
+    return LegRun(name=name, dir=str(leg_dir), config=str(leg_dir / "config.yaml"), command=cmd[1:], seconds=round(time.time() - t0, 1),
+                  steps=steps_, summary={"trainable_params": setup.trainable_params}, automodel=info)
+
+
+def _leg_info(path: Path) -> AutomodelLegInfo | None:
+    """What the leg recorded inside Automodel (None: it stopped before recording anything readable)."""
+    try:
+        return AutomodelLegInfo.model_validate_json(path.read_text())
+    except (OSError, ValueError):  # not written, or cut short by the rank's failure
+        return None
 
 
 def _raised(text: str) -> str | None:
@@ -169,70 +179,92 @@ def _raised(text: str) -> str | None:
 
 
 class AutomodelLegError(RuntimeError):
-    def __init__(self, msg: str, *, info: dict, output: str, raised: str | None = None):
+    def __init__(self, msg: str, *, info: AutomodelLegInfo | None, output: str, raised: str | None = None):
         super().__init__(msg)
         self.info, self.output, self.raised = info, output, raised
 
 
-def compare(runtime_leg: dict, automodel_leg: dict, envelope_of) -> dict[str, Any]:
+def compare(runtime_leg: LegRun, automodel_leg: LegRun) -> PairComparison:
     """Runtime (Automodel 0.7 semantics) vs real Automodel, step by step."""
-    def series(leg, k):
-        return [float(s[k]) if s.get(k) is not None else float("nan") for s in leg["steps"]]
-
-    n = min(len(runtime_leg["steps"]), len(automodel_leg["steps"]))
-    env_loss, rows = envelope_of(series(runtime_leg, "loss")[:n], series(automodel_leg, "loss")[:n])
-    env_gn, _ = envelope_of(series(runtime_leg, "grad_norm")[:n], series(automodel_leg, "grad_norm")[:n])
-    lr_r, lr_a = series(runtime_leg, "lr")[:n], series(automodel_leg, "lr")[:n]
+    n = min(len(runtime_leg.steps), len(automodel_leg.steps))
+    env_loss, rows = envelope_of(runtime_leg.series("loss")[:n], automodel_leg.series("loss")[:n])
+    env_gn, _ = envelope_of(runtime_leg.series("grad_norm")[:n], automodel_leg.series("grad_norm")[:n])
+    lr_r, lr_a = runtime_leg.series("lr")[:n], automodel_leg.series("lr")[:n]
     lr_rel = max((abs(a - b) / max(abs(b), 1e-30) for a, b in zip(lr_r, lr_a)), default=0.0)
-    lab_r = [s.get("num_label_tokens") for s in runtime_leg["steps"][:n]]
-    lab_a = [s.get("num_label_tokens") for s in automodel_leg["steps"][:n]]
-    return {"steps": n, "loss_envelope": env_loss, "grad_norm_envelope": env_gn,
-            "max_abs_loss_diff": max((r["abs_diff"] for r in rows), default=0.0),
-            "lr_max_rel_diff": lr_rel, "label_tokens_equal": lab_r == lab_a,
-            "label_tokens": {"runtime": lab_r[:5], "automodel": lab_a[:5]}, "per_step": rows}
+    lab_r, lab_a = runtime_leg.column("num_label_tokens", n), automodel_leg.column("num_label_tokens", n)
+    return PairComparison(steps=n, loss_envelope=env_loss, grad_norm_envelope=env_gn, max_abs_loss_diff=max((r.abs_diff for r in rows), default=0.0),
+                          lr_max_rel_diff=lr_rel, label_tokens_equal=lab_r == lab_a, label_tokens=LabelTokens(runtime=lab_r[:5], automodel=lab_a[:5]),
+                          per_step=rows)
 
 
-def no_lora_finding(setup: dict) -> str:
+def no_lora_finding(setup: AutomodelSetup) -> str:
     return ("Automodel has no LoRA-adapted modules after setup()"
-            + (f" ({setup.get('float8_modules')} Float8Linear modules: torchao's swap replaced the LinearLoRA modules and "
-               "kept only their base weights)" if setup.get("float8_modules") else ""))
+            + (f" ({setup.float8_modules} Float8Linear modules: torchao's swap replaced the LinearLoRA modules and "
+               "kept only their base weights)" if setup.float8_modules else ""))
 
 
-def summarize(pairs: dict[str, dict], runtime_legs: dict[str, dict], automodel_legs: dict[str, dict],
-              peft: bool) -> dict[str, Any]:
+def summarize(pairs: dict[str, PairComparison], runtime_legs: dict[str, LegRun], automodel_legs: dict[str, LegRun],
+              peft: bool) -> AgainstAutomodel:
     """The verdict: ``match`` when the deterministic pair is within the standard envelope, the LR agrees, the label
     tokens are equal, the trainable parameter counts are equal and (LoRA) every adapter trained; else ``differs``."""
     decide = pairs.get("dropout0") or pairs.get("as_configured")
     findings = []
-    am_info = next(iter(automodel_legs.values()))["automodel"] if automodel_legs else {}
-    setup = am_info.get("setup", {})
-    rt_tp = next(iter(runtime_legs.values()))["summary"].get("trainable_params") if runtime_legs else None
-    if rt_tp is not None and setup.get("trainable_params") is not None and rt_tp != setup["trainable_params"]:
-        findings.append(f"trainable parameters: runtime {rt_tp:,}, Automodel {setup['trainable_params']:,}")
+    am_info = next(iter(automodel_legs.values())).automodel if automodel_legs else None
+    setup = (am_info.setup if am_info is not None else None) or AutomodelSetup()
+    adapters = am_info.adapters if am_info is not None else None
+    trained = am_info.trained if am_info is not None else None
+    rt_tp = next(iter(runtime_legs.values())).summary.get("trainable_params") if runtime_legs else None
+    if rt_tp is not None and setup.trainable_params is not None and rt_tp != setup.trainable_params:
+        findings.append(f"trainable parameters: runtime {rt_tp:,}, Automodel {setup.trainable_params:,}")
     if peft:
-        if setup.get("lora_modules", 0) == 0:
+        if not setup.lora_modules:
             findings.append(no_lora_finding(setup))
-        ad = am_info.get("adapters") or {}
-        if ad.get("not_in_adapter"):  # they start from Automodel's own random A: the two legs do not start alike
-            findings.append(f"{len(ad['not_in_adapter'])} of Automodel's LoRA parameters are not in the initial adapters "
-                            f"(e.g. {ad['not_in_adapter'][0]})")
-        # adapter tensors with no LoRA parameter in Automodel (ad['not_in_automodel']) are reported, not a finding:
+        if adapters is not None and adapters.not_in_adapter:  # they start from Automodel's own random A: the legs do not start alike
+            findings.append(f"{len(adapters.not_in_adapter)} of Automodel's LoRA parameters are not in the initial adapters "
+                            f"(e.g. {adapters.not_in_adapter[0]})")
+        # adapter tensors with no LoRA parameter in Automodel (adapters.not_in_automodel) are reported, not a finding:
         # the file holds the reference leg's (NeMo's) targets, which may be more than the migrated config's
-        tr = am_info.get("trained") or {}
-        if tr and tr.get("adapters_with_gradient") != tr.get("adapters_total"):
-            findings.append(f"{tr.get('adapters_with_gradient')} of {tr.get('adapters_total')} adapter tensors received a "
+        if trained is not None and trained.adapters_with_gradient != trained.adapters_total:
+            findings.append(f"{trained.adapters_with_gradient} of {trained.adapters_total} adapter tensors received a "
                             "gradient in training")
     if decide is not None:
-        if decide["loss_envelope"] not in ("strict", "standard"):
-            findings.append(f"loss: '{decide['loss_envelope']}' envelope (max |dloss| {decide['max_abs_loss_diff']:.3g})")
-        if decide["lr_max_rel_diff"] > 1e-6:
-            findings.append(f"learning rate differs (max relative {decide['lr_max_rel_diff']:.2e})")
-        if not decide["label_tokens_equal"]:
-            findings.append(f"label tokens per step differ: runtime {decide['label_tokens']['runtime']} vs Automodel "
-                            f"{decide['label_tokens']['automodel']}")
-    return {"verdict": "match" if not findings and decide is not None else "differs", "findings": findings,
-            "decided_by": "dropout0" if "dropout0" in pairs else "as_configured", "pairs": pairs,
-            "automodel_setup": setup, "automodel_adapters": am_info.get("adapters"), "automodel_trained": am_info.get("trained")}
+        if decide.loss_envelope not in EXACT:
+            findings.append(f"loss: '{decide.loss_envelope}' envelope (max |dloss| {decide.max_abs_loss_diff:.3g})")
+        if decide.lr_max_rel_diff > 1e-6:
+            findings.append(f"learning rate differs (max relative {decide.lr_max_rel_diff:.2e})")
+        if not decide.label_tokens_equal:
+            findings.append(f"label tokens per step differ: runtime {decide.label_tokens.runtime} vs Automodel "
+                            f"{decide.label_tokens.automodel}")
+    return AgainstAutomodel(verdict="match" if not findings and decide is not None else "differs", findings=findings,
+                            decided_by="dropout0" if "dropout0" in pairs else "as_configured", pairs=pairs,
+                            automodel_setup=setup, automodel_adapters=adapters, automodel_trained=trained)
+
+
+def against_automodel(base: dict, dropout0: dict | None, legs: dict[str, LegRun], init: Path | None, *, work: Path, model_dir: Path,
+                      steps: int, nproc: int, log: Callable[[str], Any]) -> AgainstAutomodel:
+    """The migrated config run by the real Automodel 0.7 recipe; its legs join ``legs`` (so they are plotted and
+    compared with the reference too) and the runtime-vs-Automodel comparison is returned."""
+    runs = [("as_configured", "migrated", "automodel", base)]
+    if dropout0 is not None:
+        runs.append(("dropout0", "migrated-dropout0", "automodel-dropout0", dropout0))
+    pairs: dict[str, PairComparison] = {}
+    am_legs: dict[str, LegRun] = {}
+    for key, rt_name, am_name, cfg in runs:
+        try:
+            am_legs[am_name] = run_leg(am_name, cfg, model_dir=model_dir, init_adapter=init, work=work, steps=steps, nproc=nproc, log=log)
+        except AutomodelLegError as e:
+            setup = (e.info.setup if e.info is not None else None) or AutomodelSetup()
+            res = AgainstAutomodel(verdict="failed", findings=[f"Automodel 0.7.0 stopped: {e.raised or 'see ' + e.output}"], error=str(e),
+                                   automodel_output=e.output, automodel_setup=setup,
+                                   automodel_adapters=e.info.adapters if e.info is not None else None, pairs=pairs)
+            if base.get("peft") and setup.lora_modules == 0:
+                res.findings.append(no_lora_finding(setup))
+            return res
+        except ValueError as e:
+            return AgainstAutomodel(verdict="failed", findings=[str(e)], error=str(e), pairs=pairs)
+        legs[am_name] = am_legs[am_name]
+        pairs[key] = compare(legs[rt_name], am_legs[am_name])
+    return summarize(pairs, {n: legs[n] for _, n, _, _ in runs}, am_legs, peft=bool(base.get("peft")))
 
 
 # ---------------------------------------------------------------------------------------------- the leg itself
@@ -255,7 +287,7 @@ def _assign(p, value) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nemo_migrate.verify_automodel",
+    ap = argparse.ArgumentParser(prog="python -m nemo_migrate.verify.automodel",
                                  description="Train an Automodel 0.7 YAML with Automodel's own llm/train_ft recipe (under torchrun).")
     ap.add_argument("config")
     ap.add_argument("--steps", type=int, required=True)
@@ -269,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     from nemo_automodel.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    report: dict[str, Any] = {"automodel_version": AUTOMODEL_VERSION, "torch": torch.__version__}
+    report = AutomodelLegInfo(automodel_version=AUTOMODEL_VERSION, torch=torch.__version__)
 
     def write():
         if rank0:
-            Path(a.report).write_text(json.dumps(report, indent=2, default=str) + "\n")
+            report.write(Path(a.report))
 
     import nemo_automodel.recipes.llm.train_ft as train_ft
 
@@ -281,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def observed_build_model(*args, **kwargs):  # records what Automodel built, even if setup() then fails on it
         m = built(*args, **kwargs)
-        report["setup"] = inspect_model(m.parts[0] if hasattr(m, "parts") else m)
+        report.setup = inspect_model(m.parts[0] if hasattr(m, "parts") else m)
         write()
         return m
 
@@ -296,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = adapter_targets(load_file(a.init_adapter), list(params))
         for n, v in plan["copy"].items():
             _assign(params[n], v)
-        report["adapters"] = {"copied": len(plan["copy"]), "not_in_automodel": plan["not_in_automodel"],
-                              "not_in_adapter": plan["not_in_adapter"]}
+        report.adapters = AutomodelAdapters(copied=len(plan["copy"]), not_in_automodel=plan["not_in_automodel"],
+                                            not_in_adapter=plan["not_in_adapter"])
         write()
     lora_names = [n for n in params if ".lora_A." in n or ".lora_B." in n]
     before = {n: _full(params[n].detach()).float().cpu().clone() for n in lora_names}
@@ -315,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "exp_avg" in st:
                     state[id(p)] = float(_full(st["exp_avg"]).abs().sum())
     with_grad = sum(1 for n in lora_names if state.get(id(params[n]), 0.0) > 0.0)
-    report["trained"] = {"adapters_total": len(lora_names), "adapters_with_gradient": with_grad, "adapters_moved": moved,
-                         "adapters_finite": finite, "steps": int(trainer.step_scheduler.step)}
+    report.trained = AutomodelTrained(adapters_total=len(lora_names), adapters_with_gradient=with_grad, adapters_moved=moved,
+                                      adapters_finite=finite, steps=int(trainer.step_scheduler.step))
     write()
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
