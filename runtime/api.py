@@ -31,6 +31,10 @@ class RunOptions:
     # those it was saved with (else refuses, listing what changed); "changed" resumes it and trains on with the new
     # settings; "never" starts fresh (into a new checkpoint directory when the configured one holds checkpoints)
     resume: str = "auto"
+    # where checkpoints go: None = RUN_DIR/checkpoints (everything of a run under --out); "config" = the config's
+    # checkpoint.checkpoint_dir; any other string = that directory. --set checkpoint.checkpoint_dir=... also counts as
+    # asking for a directory explicitly.
+    checkpoint_dir: str | None = None
 
 
 RESUME_MODES = ("auto", "changed", "never")
@@ -59,9 +63,19 @@ def prepare(opts: RunOptions):
                        hint="--model-path loads real weights; --proxy-model builds random ones")
     lines: dict[str, str] = {}
     cfg = effective_config(opts.config, opts.overrides, opts.max_steps, lines=lines)
-    spec = resolve(cfg, opts, file=str(opts.config), lines=lines)
     run_dir = Path(opts.out) if opts.out is not None else Path("runs") / Path(opts.config).stem
+    made = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)  # top folder made now
     _check_run_dir(run_dir, given=opts.out is not None)
+    try:
+        place_checkpoints(cfg, opts, run_dir, lines)
+        from .metrics import check_loggers
+
+        check_loggers(cfg)  # a wandb/mlflow/tensorboard section whose package is missing fails now, naming it
+        spec = resolve(cfg, opts, file=str(opts.config), lines=lines)
+    except RunError:
+        if made is not None:  # a config that fails its checks leaves no run directory behind (only empty folders)
+            _remove_empty(made)
+        raise
 
     # Read the text data now (missing columns, empty files and bad JSON fail before anything starts).
     from .data import mapped_texts, read_records
@@ -102,6 +116,43 @@ def prepare(opts: RunOptions):
     elif tok_path is not None:
         tok_note = f"tokenizer: {tok_path} (on disk)"
     return spec, cfg, run_dir, tok_path, tok_note
+
+
+def place_checkpoints(cfg: dict, opts: RunOptions, run_dir: Path, lines: dict[str, str] | None = None) -> None:
+    """Put ``checkpoint.checkpoint_dir`` under RUN_DIR unless the user named a directory (--checkpoint-dir, or
+    --set checkpoint.checkpoint_dir=...): a run never writes beside another run, nor resumes one it did not ask for.
+    The config's own value (a NeMo job's ``/app/output/...``) is only used with --checkpoint-dir config."""
+    from .errors import RunError
+
+    explicit = any(o.split("=", 1)[0].strip().lstrip("-") == "checkpoint.checkpoint_dir" for o in opts.overrides)
+    mode = opts.checkpoint_dir
+    if mode == "config" or (explicit and mode is None):
+        return
+    sec = cfg.setdefault("checkpoint", {})
+    if sec is None:
+        sec = cfg["checkpoint"] = {}
+    if not isinstance(sec, dict):
+        return  # resolve() reports it
+    if mode is not None and not mode.strip():
+        raise RunError("must be 'config' or a directory", key="--checkpoint-dir", found=mode)
+    target = str(Path(mode) if mode is not None else run_dir / "checkpoints")
+    old = sec.get("checkpoint_dir")
+    sec["checkpoint_dir"] = target
+    if lines is not None:
+        lines["checkpoint.checkpoint_dir"] = "--checkpoint-dir" if mode is not None else "--out (RUN_DIR/checkpoints)"
+    if old not in (None, target) and mode is None and sec.get("enabled", True) is not False:
+        _say(f"note: checkpoints go to {target} (under --out); the config's checkpoint.checkpoint_dir {old} is not "
+             "used (pass --checkpoint-dir config to use it)")
+
+
+def _remove_empty(d: Path) -> None:
+    """Remove ``d`` if it holds nothing but empty folders."""
+    try:
+        for p in sorted(d.rglob("*"), key=lambda p: -len(p.parts)):
+            p.rmdir()  # OSError on a file or a non-empty folder: stop, leaving it
+        d.rmdir()
+    except OSError:
+        pass
 
 
 def _check_run_dir(run_dir: Path, *, given: bool) -> None:
@@ -199,4 +250,4 @@ def launch_torchrun(spec, cfg, run_dir: Path, opts: RunOptions, tok_path, tok_no
         return 130
 
 
-__all__ = ["RunOptions", "run_main", "prepare"]
+__all__ = ["RunOptions", "run_main", "prepare", "place_checkpoints"]

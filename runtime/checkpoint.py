@@ -1,22 +1,29 @@
-"""Checkpoints in Automodel 0.7's layout, resumable, and refused clearly when partial or corrupt.
+"""Checkpoints in Automodel 0.7.0's layout, resumable, and refused clearly when partial or corrupt.
 
-``<checkpoint_dir>/epoch_E_step_S/``::
+``<checkpoint_dir>/epoch_E_step_S/`` (0.7: ``recipes/base_recipe.py`` save_checkpoint,
+``components/checkpoint/checkpointing.py``)::
 
-    config.yaml  losses.json  step_scheduler.pt  lr_scheduler.pt  dataloader/  rng/  optim/ (DCP shards)
+    config.yaml  losses.json  step_scheduler.pt
+    optim/        DCP of {"optim": flattened optimizer state, "sched": LR scheduler state} (OptimizerState)
+    dataloader/dataloader_dp_rank_{dp}.pt   (save_on_dp_ranks: TP rank 0 of each DP rank)
+    rng/rng_global_rank_{r}.pt              (save_on_global_ranks; StatefulRNG's dict)
     model/   PEFT: adapter_model.safetensors + adapter_config.json (HF PEFT) + automodel_peft_config.json + tokenizer
              full fine-tune: a consolidated HF model dir (config.json, model*.safetensors, tokenizer)
+    .incomplete                             while the save is written (0.7's marker; removed when published)
     .nemo_migrate_checkpoint.json   manifest (sizes, sha256 of files <= 256 MiB, model signature), written LAST
 
-``LATEST`` is a symlink published after the manifest. A step dir without a manifest is an interrupted save; one whose
-files do not match the manifest is corrupt: resuming from either is refused with a message (0.7 skips them with a
-log line). Differences from 0.7: model/ of a full fine-tune is always a consolidated HF dir (0.7 writes DCP shards
-plus consolidated/ on the final step); saving is synchronous.
+``LATEST`` (and ``LOWEST_VAL`` when validation ran) are relative symlinks published after the manifest;
+``training.jsonl`` / ``validation*.jsonl`` sit beside them (metrics.py). A step dir without a manifest is an
+interrupted save; one whose files do not match the manifest is corrupt: resuming from either is refused with a
+message (0.7 skips them with a log line). Differences from 0.7: model/ of a full fine-tune is always a consolidated
+HF dir (0.7 writes DCP shards plus consolidated/ on the final step; its loader reads both); saving is synchronous.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -32,7 +39,9 @@ import torch.distributed as dist
 from .errors import CheckpointError
 
 MANIFEST = ".nemo_migrate_checkpoint.json"
-FORMAT = "nemo-migrate-runtime-checkpoint/1"
+FORMAT = "nemo-migrate-runtime-checkpoint/2"  # /1: the runtime's layout before 0.7's file names
+OLD_FORMAT = "nemo-migrate-runtime-checkpoint/1"
+INCOMPLETE = ".incomplete"  # 0.7's marker of a save in progress (checkpoint/utils.py); removed when published
 _HASH_LIMIT = 256 * 2**20
 _STEP_DIR = re.compile(r"^epoch_(\d+)_step_(\d+)$")
 
@@ -54,27 +63,28 @@ def _sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as Automodel 0.7's ``StatefulRNG.state_dict`` holds it (``components/training/rng.py``
+    ``_get_rng_state``: weights_only-safe primitives and tensors), so its ``rng/rng_global_rank_N.pt`` is 0.7's."""
     import numpy as np
 
-    py = random.getstate()
     npst = np.random.get_state()
-    st = {"torch": torch.get_rng_state(), "python_version": py[0], "python_state": list(py[1]),
-          "python_gauss": py[2], "numpy_key": torch.from_numpy(npst[1].astype("int64")), "numpy_pos": int(npst[2]),
-          "numpy_has_gauss": int(npst[3]), "numpy_gauss": float(npst[4])}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
+    return {"random_rng_state": random.getstate(), "np_bit_generator": npst[0],
+            "np_keys": torch.from_numpy(npst[1].copy()), "np_position": int(npst[2]), "np_has_gauss": int(npst[3]),
+            "np_cached_gaussian": float(npst[4]), "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(st: dict[str, Any]) -> None:
+    """The inverse of ``rng_state`` (0.7's ``_restore_rng_state``)."""
     import numpy as np
 
-    torch.set_rng_state(st["torch"])
-    random.setstate((st["python_version"], tuple(st["python_state"]), st["python_gauss"]))
-    np.random.set_state(("MT19937", st["numpy_key"].numpy().astype("uint32"), st["numpy_pos"],
-                         st["numpy_has_gauss"], st["numpy_gauss"]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda"])
+    version, internal, gauss = st["random_rng_state"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state((st["np_bit_generator"], st["np_keys"].cpu().numpy().astype("uint32"), st["np_position"],
+                         st["np_has_gauss"], st["np_cached_gaussian"]))
+    torch.set_rng_state(st["torch_rng_state"])
+    if st["cuda_rng_state"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng_state"])
 
 
 def seed_all(seed: int) -> None:
@@ -148,9 +158,20 @@ def save_tokenizer(tokenizer, out: Path) -> None:
 
 
 def load_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Full tensors of an HF model dir; also 0.7's DCP-sharded ``shard-*-model-*.safetensors`` (read through torch's
+    ``HuggingFaceStorageReader``, as 0.7's ``Checkpointer.load_model`` reads them)."""
     from safetensors.torch import load_file
 
     files = sorted(path.glob("model*.safetensors"))
+    if not files and list(path.glob("shard-*.safetensors")):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+        reader = HuggingFaceStorageReader(str(path))
+        md = reader.read_metadata().state_dict_metadata
+        sd = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in md.items()}
+        dcp.load(sd, storage_reader=reader, no_dist=True)
+        return sd
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         sd.update(load_file(str(f)))
@@ -179,7 +200,7 @@ def write_manifest(path: Path, *, epoch: int, step: int, signature: dict[str, An
                    training: dict[str, Any] | None = None) -> None:
     files = {}
     for f in sorted(path.rglob("*")):
-        if f.is_file() and f.name != MANIFEST:
+        if f.is_file() and f.name not in (MANIFEST, INCOMPLETE):
             rel = f.relative_to(path).as_posix()
             size = f.stat().st_size
             files[rel] = {"size": size, "sha256": _sha256(f) if size <= _HASH_LIMIT else None}
@@ -192,13 +213,28 @@ def write_manifest(path: Path, *, epoch: int, step: int, signature: dict[str, An
     os.replace(tmp, path / MANIFEST)
 
 
-def verify(path: Path) -> dict[str, Any]:
-    """The manifest of a complete, intact checkpoint, else CheckpointError."""
+def automodel_written(path: Path) -> bool:
+    """A complete step dir Automodel 0.7 wrote: no manifest of ours, no ``.incomplete`` marker, and 0.7's parts."""
+    return (not (path / MANIFEST).exists() and not (path / INCOMPLETE).exists() and _STEP_DIR.match(path.name)
+            is not None and (path / "optim" / ".metadata").is_file() and (path / "step_scheduler.pt").is_file()
+            and (path / "model").is_dir())
+
+
+def verify(path: Path, *, foreign_ok: bool = False) -> dict[str, Any]:
+    """The manifest of a complete, intact checkpoint, else CheckpointError. ``foreign_ok`` (the user named the step
+    dir in checkpoint.restore_from): a complete checkpoint Automodel 0.7 wrote is accepted, unverified."""
     m = path / MANIFEST
     hint = (f"delete {path} (or move it away) to resume from an earlier checkpoint, or set "
             f"checkpoint.restore_from to another epoch_E_step_S dir, or use a fresh checkpoint.checkpoint_dir")
     if not path.is_dir():
         raise CheckpointError("checkpoint directory does not exist", key="checkpoint", found=str(path), hint=hint)
+    if automodel_written(path):
+        if foreign_ok:
+            g = _STEP_DIR.match(path.name)
+            return {"format": "automodel-0.7", "epoch": int(g.group(1)), "step": int(g.group(2)), "signature": {},
+                    "files": {}, "automodel": True}
+        hint += (f"; if Automodel 0.7 wrote it, resume it with --set checkpoint.restore_from={path} (its files "
+                 "are then not verified)")
     if not m.is_file():
         raise CheckpointError("checkpoint is incomplete: it has no completion manifest (an interrupted save, or not "
                               "written by this runtime)", key="checkpoint", found=str(path), hint=hint)
@@ -207,6 +243,12 @@ def verify(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint manifest is unreadable ({e})", key="checkpoint", found=str(m),
                               hint=hint) from None
+    if isinstance(doc, dict) and doc.get("format") == OLD_FORMAT:
+        raise CheckpointError("checkpoint was saved by an earlier nemo-migrate in its own layout (rng_rank_N.pt, "
+                              "dataloader_rank_N.pt, lr_scheduler.pt); this runtime reads and writes Automodel 0.7's "
+                              "layout only", key="checkpoint", found=str(path),
+                              hint="pass --no-resume to start fresh, or finish that run with the nemo-migrate version "
+                                   "that saved it")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError("unknown checkpoint manifest format", key="checkpoint",
                               found=doc.get("format") if isinstance(doc, dict) else type(doc).__name__,
@@ -258,7 +300,7 @@ def find_resume(root: Path, restore_from: str | None) -> tuple[Path | None, list
         else:
             cand = root / restore_from
             target = cand if cand.exists() else Path(restore_from)
-        return target, notes, verify(target)
+        return target, notes, verify(target, foreign_ok=True)
     if latest.is_symlink() or latest.exists():
         target = _resolve_latest(latest)
         if not target.is_dir():
@@ -322,25 +364,41 @@ def agree(message: str | None) -> str | None:
     return next((m for m in box if m), None)
 
 
-def publish_latest(root: Path, path: Path) -> None:
-    tmp = root / f".LATEST.tmp.{os.getpid()}"
+def publish_latest(root: Path, path: Path, name: str = "LATEST") -> None:
+    """Point ``root/name`` (LATEST, LOWEST_VAL) at ``path``: a relative symlink, swapped atomically (0.7's
+    ``CheckpointLifecycle._update_checkpoint_pointer``)."""
+    tmp = root / f".{name}.tmp.{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(path.name, tmp)
-    os.replace(tmp, root / "LATEST")
+    os.replace(tmp, root / name)
+
+
+def pointer_metric(root: Path, name: str = "LOWEST_VAL") -> float | None:
+    """The validation loss in losses.json of the checkpoint ``root/name`` points at (0.7's
+    ``read_checkpoint_metric``: val_loss, else default), None when there is none."""
+    try:
+        losses = json.loads(((root / name).resolve() / "losses.json").read_text())
+        v = float(losses.get("val_loss", losses.get("default")))
+    except (OSError, RuntimeError, ValueError, TypeError, AttributeError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def apply_retention(root: Path, keep: int | None) -> list[str]:
     if not keep:
         return []
-    try:
-        latest = (root / "LATEST").resolve() if (root / "LATEST").exists() else None
-    except (OSError, RuntimeError):
-        latest = None
+    kept = set()
+    for name in ("LATEST", "LOWEST_VAL"):  # pointer targets are never pruned (as in 0.7)
+        try:
+            if (root / name).exists():
+                kept.add((root / name).resolve())
+        except (OSError, RuntimeError):
+            pass
     complete = [p for p in list_step_dirs(root) if (p / MANIFEST).is_file()]
     removed = []
     for p in complete[:-keep] if len(complete) > keep else []:
-        if latest is not None and p.resolve() == latest:
+        if p.resolve() in kept:
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p.name)
@@ -373,24 +431,46 @@ def broadcast_obj(obj: Any) -> Any:
     return obj
 
 
-def save_optimizer(optimizer, model, path: Path) -> None:
+def _flat_opts():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def save_optimizer(optimizer, model, path: Path, scheduler=None) -> None:
+    """``optim/`` as 0.7's ``Checkpointer.save_optimizer`` writes it (``checkpointing.py`` ``OptimizerState``): one
+    DCP checkpoint of ``{"optim": <flattened optimizer state>, "sched": <LR scheduler state>}``."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    sd = get_optimizer_state_dict(model, optimizer)
-    dcp.save({"optim": sd}, checkpoint_id=str(path))
+    sd: dict[str, Any] = {"optim": get_optimizer_state_dict(model, optimizer, options=_flat_opts())}
+    if scheduler is not None:
+        sd["sched"] = scheduler.state_dict()
+    dcp.save(sd, checkpoint_id=str(path))
 
 
-def load_optimizer(optimizer, model, path: Path, *, partial: bool = False) -> None:
-    """DCP optimizer state into ``optimizer``. ``partial`` (--resume changed): entries the checkpoint lacks (the
-    lr_mult/wd_mult an lr_scheduler added since) keep this run's values instead of failing the load."""
+def saved_keys(path: Path) -> set[str]:
+    """The top-level entries (``optim``, ``sched``) of a DCP checkpoint, from its ``.metadata``."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return {k.split(".", 1)[0] for k in FileSystemReader(str(path)).read_metadata().state_dict_metadata}
+
+
+def load_optimizer(optimizer, model, path: Path, scheduler=None, *, partial: bool = False) -> dict[str, Any] | None:
+    """DCP optimizer state into ``optimizer``; returns the saved LR scheduler state (None when ``optim/`` has none),
+    which the caller applies. ``partial`` (--resume changed): entries the checkpoint lacks (the lr_mult/wd_mult an
+    lr_scheduler added since) keep this run's values instead of failing the load."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    sd = {"optim": get_optimizer_state_dict(model, optimizer)}
+    sd: dict[str, Any] = {"optim": get_optimizer_state_dict(model, optimizer, options=_flat_opts())}
+    has_sched = "sched" in saved_keys(path)
+    if scheduler is not None and has_sched:
+        sd["sched"] = scheduler.state_dict()
     dcp.load(sd, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=partial))
-    set_optimizer_state_dict(model, optimizer, sd["optim"])
+    set_optimizer_state_dict(model, optimizer, sd["optim"], options=_flat_opts())
+    return sd.get("sched")
 
 
 def gather_full(model, *, trainable_only: bool) -> dict[str, torch.Tensor]:

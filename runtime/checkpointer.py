@@ -45,11 +45,34 @@ class TrainState:
     num_params: int
 
 
+def loader_state(loader) -> dict[str, Any]:
+    """The training loader's position: the runtime's own keys (``epoch``, ``yielded``, ...) and, for a map-style
+    dataset, the same position as torchdata's ``StatefulDataLoader.state_dict`` over a ``StatefulDistributedSampler``
+    (0.7's ``ParallelAwareDataloader``, ``components/datasets/loader.py``) holds it, so 0.7 resumes at the same
+    sample (torchdata ``stateful_dataloader.py`` ``_StatefulSingleProcessDataLoaderIter.state_dict``,
+    ``sampler.py`` ``_StatefulRandomSamplerIterator`` / ``StatefulDistributedSampler``)."""
+    sd = dict(loader.state_dict())
+    if isinstance(loader, MapLoader):
+        k = int(sd["yielded"])
+        n = min(k * loader.batch_size, len(loader.sampler))
+        sd.update({"_index_sampler_state": None, "_sampler_iter_state": {"samples_yielded": n,
+                                                                         "sampler_state": {"yielded": n}},
+                   "_sampler_iter_yielded": k, "_num_yielded": k, "_IterableDataset_len_called": None,
+                   "_shared_seed": None, "fetcher_state": None, "dataset_state": None,
+                   "_iterator_finished": k >= len(loader)})
+    return sd
+
+
 class Checkpointer:
     def __init__(self, spec, state: TrainState, *, env, run_dir: Path, raw_cfg: dict[str, Any], guard: WeightGuard,
-                 resume_mode: str = "auto", log: Callable[[str], None] = print):
+                 resume_mode: str = "auto", log: Callable[[str], None] = print, meshes=None,
+                 say: Callable[[str], None] | None = None):
         self.spec, self.state, self.env, self.run_dir, self.raw_cfg = spec, state, env, Path(run_dir), raw_cfg
         self.guard, self.resume_mode, self.log = guard, resume_mode, log
+        self.say = say or log  # what must not be missed (resuming, from where): stderr
+        # 0.7's file names: dataloader/dataloader_dp_rank_{dp}.pt (written by TP rank 0), rng/rng_global_rank_{r}.pt
+        self.dp_rank = meshes.dp_rank if meshes is not None else env.rank
+        self.tp_rank = meshes.tp.get_local_rank() if meshes is not None and meshes.tp is not None else 0
         self.last: Path | None = None  # the newest checkpoint this run wrote
         self.resumed_from: Path | None = None
         self.pending_rng: dict[str, Any] | None = None  # the resumed RNG state, restored when training starts
@@ -113,7 +136,7 @@ class Checkpointer:
         if diffs:
             from .resume import render
 
-            self.log(f"==> resuming from {path} at {at} WITH CHANGED SETTINGS (--resume changed): {render(diffs, 40)}. "
+            self.say(f"==> resuming from {path} at {at} WITH CHANGED SETTINGS (--resume changed): {render(diffs, 40)}. "
                      "The new values apply from this step on; the weights, optimizer moments and data position are "
                      "the checkpoint's.")
             if self.env.is_main:
@@ -122,7 +145,7 @@ class Checkpointer:
                     {"resumed_from": str(path), "step": steps.step,
                      "changed": [{"key": k, "checkpoint": a, "now": b} for k, a, b in diffs]}, indent=1, default=str))
         else:
-            self.log(f"==> resuming from {path} at {at} (checkpoint.checkpoint_dir holds it; saved "
+            self.say(f"==> resuming from {path} at {at} (checkpoint.checkpoint_dir holds it; saved "
                      f"{decision.get('created')}; training settings unchanged since). Pass --no-resume to start fresh "
                      "instead.")
 
@@ -143,7 +166,11 @@ class Checkpointer:
             return {"path": None, "notes": notes}
         self._check_signature(doc.get("signature", {}), path)
         diffs = None
-        if "training" not in doc:
+        if doc.get("automodel"):
+            notes.append(f"checkpoint {path} was written by Automodel 0.7 (checkpoint.restore_from names it): it has "
+                         "no nemo-migrate manifest, so its files are not verified and its training settings cannot "
+                         "be compared with this run's.")
+        elif "training" not in doc:
             notes.append(f"checkpoint {path.name} does not record its training settings (saved by an earlier "
                          "nemo-migrate): settings changed since then cannot be listed.")
         elif self.fingerprint is not None:
@@ -241,10 +268,14 @@ class Checkpointer:
         ck.load_full(st_.inner, sd, broadcast=spec.peft is None, strict=spec.peft is None)
         del sd
         snapshot = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        _, msg = step("optim/ (optimizer state)", lambda: ck.load_optimizer(optimizer, st_.inner, path / "optim",
-                                                                           partial=apply_new))
+        saved_sched: dict[str, Any] = {}
+
+        def load_optim():
+            saved_sched["sd"] = ck.load_optimizer(optimizer, st_.inner, path / "optim", sched, partial=apply_new)
+
+        _, msg = step("optim/ (optimizer state)", load_optim)
         check(msg)
-        r = self.env.rank
+        r, dp = self.env.rank, self.dp_rank
 
         def small(rel: str):
             st = torch.load(path / rel, weights_only=True)
@@ -263,25 +294,26 @@ class Checkpointer:
             st_.steps.load_state_dict(st)
 
         _, msg = step("step_scheduler.pt", load_steps)
-        if msg is None and sched is not None and (path / "lr_scheduler.pt").is_file():
+        if msg is None and sched is not None and saved_sched.get("sd") is not None:
             def load_sched():
-                st = small("lr_scheduler.pt")
+                st = saved_sched["sd"]
                 if apply_new:  # this run's schedule, at the checkpoint's step
                     n = st.get("num_steps")
                     if not isinstance(n, int) or n < 0:
-                        raise CheckpointError(f"checkpoint {path}: lr_scheduler.pt has no step count")
+                        raise CheckpointError(f"checkpoint {path}: optim/ holds no LR scheduler step count")
                     sched.num_steps = 0
                     sched.step(n)
                 else:
                     sched.load_state_dict(st)
                 lrs = [g["lr"] for g in optimizer.param_groups]
                 if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in lrs):
-                    raise CheckpointError(f"checkpoint {path}: lr_scheduler.pt gives the learning rate(s) {lrs}")
+                    raise CheckpointError(f"checkpoint {path}: the LR scheduler state in optim/ gives the learning "
+                                          f"rate(s) {lrs}")
 
             if apply_new:
                 for g, saved in zip(optimizer.param_groups, snapshot):
                     g.update(saved)  # the config's lr/betas/eps/weight decay, not the checkpoint's
-            _, msg = step("lr_scheduler.pt", load_sched)
+            _, msg = step("optim/ (LR scheduler state)", load_sched)
         elif msg is None and apply_new:
             for g, saved in zip(optimizer.param_groups, snapshot):
                 g.update(saved)
@@ -290,23 +322,25 @@ class Checkpointer:
                 sched.step(st_.steps.step)
 
         def load_loader():
-            st = small(f"dataloader/dataloader_rank_{r}.pt")
+            st = small(f"dataloader/dataloader_dp_rank_{dp}.pt")
+            if "yielded" not in st and isinstance(st.get("_num_yielded"), int):  # 0.7's StatefulDataLoader state
+                st = {"epoch": st_.steps.epoch, "yielded": st["_num_yielded"]}
             epoch, done = st.get("epoch"), st.get("yielded")
             if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and done >= 0):
-                raise CheckpointError(f"checkpoint {path}: dataloader_rank_{r}.pt holds epoch {epoch!r}, position "
-                                      f"{done!r}")
+                raise CheckpointError(f"checkpoint {path}: dataloader_dp_rank_{dp}.pt holds epoch {epoch!r}, "
+                                      f"position {done!r}")
             if isinstance(st_.loader, MapLoader) and done > len(st_.loader) and not apply_new:
-                raise CheckpointError(f"checkpoint {path}: dataloader_rank_{r}.pt is at batch {done} of an epoch "
-                                      f"of {len(st_.loader)}")
+                raise CheckpointError(f"checkpoint {path}: dataloader_dp_rank_{dp}.pt is at batch {done} of an "
+                                      f"epoch of {len(st_.loader)}")
             if "generator" in st:
                 torch.Generator().set_state(st["generator"])  # a bad generator state fails here, not mid-training
             st_.loader.load_state_dict(st)
 
         if msg is None:
-            _, msg = step(f"dataloader/dataloader_rank_{r}.pt", load_loader)
+            _, msg = step(f"dataloader/dataloader_dp_rank_{dp}.pt", load_loader)
 
         def load_rng():
-            st = small(f"rng/rng_rank_{r}.pt")
+            st = small(f"rng/rng_global_rank_{r}.pt")
             saved = ck.rng_state()
             try:
                 ck.set_rng_state(st)  # a bad state fails here, not at the first step
@@ -315,7 +349,7 @@ class Checkpointer:
             return st
 
         if msg is None:
-            self.pending_rng, msg = step(f"rng/rng_rank_{r}.pt", load_rng)
+            self.pending_rng, msg = step(f"rng/rng_global_rank_{r}.pt", load_rng)
         check(msg)
 
     # ------------------------------------------------------------------------------------------------ save
@@ -374,6 +408,7 @@ class Checkpointer:
                 if path.exists():
                     shutil.rmtree(path)
                 path.mkdir(parents=True)
+                (path / ck.INCOMPLETE).touch()  # 0.7 skips a step dir that has it (an interrupted save)
 
         phase(prepare_dir)
         ck.barrier()
@@ -391,18 +426,17 @@ class Checkpointer:
 
         phase(write_model)
         held.clear()
-        phase(lambda: ck.save_optimizer(st_.optimizer, st_.inner, path / "optim"))
-        r = self.env.rank
+        phase(lambda: ck.save_optimizer(st_.optimizer, st_.inner, path / "optim", st_.lr_scheduler))
+        r, dp = self.env.rank, self.dp_rank
 
         def write_states() -> None:
             (path / "rng").mkdir(exist_ok=True)
             (path / "dataloader").mkdir(exist_ok=True)
-            ck.save_small(ck.rng_state(), path / "rng" / f"rng_rank_{r}.pt")
-            ck.save_small(st_.loader.state_dict(), path / "dataloader" / f"dataloader_rank_{r}.pt")
+            ck.save_small(ck.rng_state(), path / "rng" / f"rng_global_rank_{r}.pt")
+            if self.tp_rank == 0:  # 0.7's save_on_dp_ranks: one file per DP rank
+                ck.save_small(loader_state(st_.loader), path / "dataloader" / f"dataloader_dp_rank_{dp}.pt")
             if is_main:
                 ck.save_small(st_.steps.state_dict(), path / "step_scheduler.pt")
-                if st_.lr_scheduler is not None:
-                    ck.save_small(st_.lr_scheduler.state_dict(), path / "lr_scheduler.pt")
                 (path / "config.yaml").write_text(dump_yaml(self.raw_cfg))
                 losses = {"train_loss": train_loss}
                 if len(val_losses) == 1:
@@ -418,7 +452,13 @@ class Checkpointer:
         def publish() -> None:
             if is_main:
                 ck.write_manifest(path, epoch=epoch, step=step, signature=self.signature(), training=self.fingerprint)
+                (path / ck.INCOMPLETE).unlink(missing_ok=True)
                 ck.publish_latest(root, path)
+                if val_losses:  # 0.7's LOWEST_VAL: the checkpoint with the lowest validation loss so far
+                    v = next(iter(val_losses.values())) if len(val_losses) == 1 else val_losses.get("default")
+                    best = ck.pointer_metric(root, "LOWEST_VAL")
+                    if v is not None and math.isfinite(v) and (best is None or v < best):
+                        ck.publish_latest(root, path, "LOWEST_VAL")
                 removed.extend(ck.apply_retention(root, c.max_recent_checkpoints))
 
         phase(publish)

@@ -145,3 +145,134 @@ class Timer:
 
     def reset(self) -> None:
         self.t = time.perf_counter()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every sink of a run's metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+def _section(cfg: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """A logger section the config turns on (``name: {...}`` without ``enable: false``), else None."""
+    sec = (cfg or {}).get(name)
+    if not isinstance(sec, dict) or sec.get("enable", True) is False:
+        return None
+    return {k: v for k, v in sec.items() if k != "enable"}
+
+
+_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "torch.utils.tensorboard"}
+
+
+def check_loggers(cfg: dict[str, Any]) -> list[str]:
+    """The logger sections the config turns on, each importable; a section whose package is missing is a RunError
+    naming it (checked before training starts)."""
+    import importlib
+
+    from .errors import RunError
+
+    on = []
+    for name, module in _PACKAGES.items():
+        sec = _section(cfg, name)
+        if sec is None:
+            continue
+        if name == "tensorboard":  # the runtime's own section: its keys are known (wandb/mlflow take any init kwarg)
+            from ..automodel.schema import ours
+
+            bad = sorted(set(sec) - ours("tensorboard"), key=str)
+            if bad:
+                raise RunError("unknown key in the runtime's tensorboard section", key=f"tensorboard.{bad[0]}",
+                               expected=", ".join(sorted(ours("tensorboard"))), found=bad[0])
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - missing, or broken on import: either way it cannot log
+            pip = "tensorboard" if name == "tensorboard" else name
+            raise RunError(f"the config has a `{name}:` section but the package {pip} is not importable", key=name,
+                           hint=f"pip install {pip}, or remove the `{name}` section (or set {name}.enable: false)") \
+                from None
+        on.append(name)
+    return on
+
+
+def automodel_record(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(file, record) as 0.7's train_ft writes them in the checkpoint dir (``recipes/llm/train_ft.py``:
+    ``training.jsonl`` / ``validation[_<name>].jsonl``, ``MetricsSample.to_dict`` in ``loggers/metric_logger.py``)."""
+    from datetime import datetime, timezone
+
+    ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    head = {"step": rec["step"], "epoch": rec["epoch"], "timestamp": ts}
+    if rec.get("type") == "val":
+        name = rec.get("name", "default")
+        return ("validation.jsonl" if name == "default" else f"validation_{name}.jsonl",
+                head | {"val_loss": rec["val_loss"], "num_label_tokens": rec["num_label_tokens"]})
+    return "training.jsonl", head | {
+        "loss": rec["loss"], "grad_norm": rec["grad_norm"], "lr": rec["lr"], "mem": rec.get("peak_mem_gib"),
+        "tps": rec.get("tokens_per_s"), "tps_per_gpu": rec.get("tokens_per_s_per_gpu"), "mfu": None,
+        "num_tokens_per_step": rec.get("num_tokens"), "num_label_tokens": rec["num_label_tokens"]}
+
+
+class RunLoggers:
+    """Rank 0's metrics: RUN_DIR/metrics.jsonl (the runtime's), the checkpoint dir's ``training.jsonl`` and
+    ``validation*.jsonl`` (0.7's, appended as 0.7's ``build_metric_logger`` does), and TensorBoard / W&B / MLflow when
+    the config has their section (``check_loggers``). Same ``write``/``close`` as ``MetricsWriter``."""
+
+    def __init__(self, run_dir: Path, *, append: bool, ckpt_dir: Path | None = None,
+                 cfg: dict[str, Any] | None = None, run_name: str = ""):
+        self.main = MetricsWriter(Path(run_dir) / "metrics.jsonl", append=append)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.files: dict[str, MetricsWriter] = {}
+        self.tb = self.wandb = self.mlflow = None
+        on = check_loggers(cfg or {})
+        if "tensorboard" in on:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(_section(cfg, "tensorboard").get("log_dir")
+                                                or Path(run_dir) / "tensorboard"))
+        if "wandb" in on:
+            import wandb
+
+            kw = _section(cfg, "wandb")
+            kw.setdefault("project", "automodel")
+            if not kw.get("name"):
+                kw["name"] = run_name
+            self.wandb = wandb.init(**kw, config=cfg)
+        if "mlflow" in on:
+            import mlflow
+
+            kw = _section(cfg, "mlflow")
+            if kw.get("tracking_uri"):
+                mlflow.set_tracking_uri(kw["tracking_uri"])
+            mlflow.set_experiment(kw.get("experiment_name", "automodel-experiment"))
+            self.mlflow = mlflow.start_run(run_name=kw.get("run_name") or run_name, tags=kw.get("tags") or None)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.main.write(rec)
+        if self.ckpt_dir is not None and "nonfinite" not in rec:
+            name, am = automodel_record(rec)
+            if name not in self.files:
+                self.files[name] = MetricsWriter(self.ckpt_dir / name, append=True)
+            self.files[name].write(am)
+        scalars = {k: float(v) for k, v in rec.items()
+                   if k not in ("type", "name", "step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        prefix = "train" if rec.get("type") == "train" else f"val/{rec.get('name', 'default')}"
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"{prefix}/{k}", v, rec["step"])
+        if self.wandb is not None:
+            self.wandb.log({f"{prefix}/{k}": v for k, v in scalars.items()}, step=rec["step"])
+        if self.mlflow is not None:
+            import mlflow
+
+            mlflow.log_metrics({f"{prefix}/{k}".replace("/", "_"): v for k, v in scalars.items()
+                                if math.isfinite(v)}, step=rec["step"])
+
+    def close(self) -> None:
+        for w in self.files.values():
+            w.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.mlflow is not None:
+            import mlflow
+
+            mlflow.end_run()
+        self.main.close()

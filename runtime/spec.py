@@ -157,6 +157,7 @@ class CompatSpec:
     lr_values: list[float] | None = None  # the LR applied at each optimizer step (replaces the scheduler's)
     init_adapter: str | None = None  # PEFT-format adapter file the LoRA weights start from
     save_init_adapter: bool = False  # write run_dir/initial_adapter.safetensors before the first step
+    frozen_base: str = "auto"  # LoRA at N ranks: replicate the frozen base or shard it (parallel.frozen_base_mode)
 
 
 @dataclass
@@ -1093,13 +1094,16 @@ def _compat(cfg: dict, ctx: _Ctx) -> CompatSpec:
     lrv = sec.get("lr_values")
     if lrv is not None and not (isinstance(lrv, list) and lrv and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in lrv)):
         raise ctx.err("nemo_compat.lr_values", "must be a non-empty list of learning rates (one per optimizer step)", found=lrv)
+    fb = sec.get("frozen_base", "auto")
+    if fb not in ("auto", "replicate", "shard"):
+        raise ctx.err("nemo_compat.frozen_base", "unknown mode", expected="auto, replicate or shard", found=fb)
     ia = sec.get("init_adapter")
     if ia is not None and not _path(str(ia), ctx, "nemo_compat.init_adapter").is_file():
         raise ctx.err("nemo_compat.init_adapter", "no such adapter file", found=ia)
     return CompatSpec(lr_values=[float(x) for x in lrv] if lrv else None, init_adapter=None if ia is None else str(ia),
                       save_init_adapter=_bool(sec.get("save_init_adapter", False), ctx, "nemo_compat.save_init_adapter"),
                       lora_tied_a=_bool(sec.get("lora_tied_a", False), ctx, "nemo_compat.lora_tied_a"),
-                      loss_reduction=lr, master_weights=mw,
+                      loss_reduction=lr, master_weights=mw, frozen_base=fb,
                       no_decay_1d=_bool(sec.get("no_decay_1d", False), ctx, "nemo_compat.no_decay_1d"))
 
 
@@ -1114,10 +1118,9 @@ def _unsupported_sections(cfg: dict, ctx: _Ctx) -> None:
     for name in ("freeze_config", "domain_mixture", "neftune", "tool_call_eval"):
         if cfg.get(name) not in (None, {}, False):
             raise ctx.err(name, "this section is not implemented by the bundled runtime", hint=f"remove `{name}`")
-    for name in ("wandb", "mlflow", "comet"):
-        v = cfg.get(name)
-        if isinstance(v, dict) and v.get("enable", True) is not False:
-            ctx.note(f"{name}: remote logging is off in the bundled runtime (metrics go to RUN_DIR/metrics.jsonl).")
+    v = cfg.get("comet")
+    if isinstance(v, dict) and v.get("enable", True) is not False:
+        ctx.note("comet: not logged by the bundled runtime (wandb/mlflow/tensorboard sections and RUN_DIR/metrics.jsonl are).")
     if cfg.get("benchmark") is not None or str(cfg.get("recipe", "")).endswith("BenchmarkingRecipeForNextTokenPrediction"):
         ctx.note("benchmark recipe: run as the fine-tune loop (benchmark.* settings are ignored; see metrics.jsonl).")
     if cfg.get("rng") is not None:

@@ -37,7 +37,7 @@ from .errors import RunError
 from .guard import WeightGuard
 from .inputs import build_loaders, build_tokenizer
 from .loss import masked_ce_sum, microbatch_loss
-from .metrics import MetricsWriter, Progress, Timer, peak_mem_gib, plot_losses
+from .metrics import Progress, RunLoggers, Timer, peak_mem_gib, plot_losses
 from .spec import Spec
 
 
@@ -116,6 +116,11 @@ class Trainer:
             else:
                 print(msg, flush=True)
 
+    def say(self, msg: str) -> None:
+        """Rank 0, on stderr: what a user must not miss (resuming a checkpoint, and from where)."""
+        if self.env is None or self.env.is_main:
+            print(msg, file=sys.stderr, flush=True)
+
     @property
     def dp_size(self) -> int:
         return self.spec.dist.dp
@@ -150,7 +155,7 @@ class Trainer:
                                                   loader=self.train_loader, tok=self.tok, lora_info=self.lora_info,
                                                   hf_config=self.hf_config, num_params=self.num_params),
                                  env=env, run_dir=self.run_dir, raw_cfg=self.raw_cfg, guard=self.guard,
-                                 resume_mode=self.resume_mode, log=self.log)
+                                 resume_mode=self.resume_mode, log=self.log, meshes=self.meshes, say=self.say)
         self.ckpt.resume()
 
     def _model_vocab_hint(self) -> int | None:
@@ -384,10 +389,14 @@ class Trainer:
         is_main = env.is_main
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", append=self.ckpt.resumed_from is not None)
+            self.metrics = RunLoggers(self.run_dir, append=self.ckpt.resumed_from is not None, cfg=self.raw_cfg,
+                                      ckpt_dir=Path(self.spec.ckpt.checkpoint_dir) if self.spec.ckpt.enabled else None,
+                                      run_name=self.run_dir.name)
         self.progress = Progress(steps.max_steps, start=steps.step, enabled=is_main)
         if steps.step >= steps.max_steps:
-            self.log(f"nothing to do: the checkpoint is already at step {steps.step} of {steps.max_steps}")
+            self.say(f"nothing to do: the checkpoint {self.ckpt.resumed_from} is already at step {steps.step} of "
+                     f"{steps.max_steps}; to train again from the start pass --no-resume (or another --out), to "
+                     "train longer raise --max-steps")
         timer = Timer()
         last_loss = float("nan")
         done_here = 0

@@ -83,12 +83,14 @@ def write_yaml(path: Path, cfg: dict) -> Path:
 
 
 def run(cfg_path: Path, out: Path, *, nproc: int = 1, proxy: str | None = "tiny", model_path=None, sets=(),
-        max_steps=None, merge=False) -> int:
+        max_steps=None, merge=False, checkpoint_dir: str | None = "config") -> int:
+    """``checkpoint_dir="config"``: these tests share a checkpoint_dir between runs with different --out on purpose
+    (resume); None is the CLI's default (RUN_DIR/checkpoints)."""
     from nemo_migrate.runtime.api import RunOptions, run_main
 
     return run_main(RunOptions(config=Path(cfg_path), nproc_per_node=nproc, max_steps=max_steps,
                                model_path=model_path, proxy_model=None if model_path else proxy,
-                               overrides=list(sets), out=Path(out), merge=merge))
+                               overrides=list(sets), out=Path(out), merge=merge, checkpoint_dir=checkpoint_dir))
 
 
 def metrics(out: Path, kind: str = "train") -> list[dict]:

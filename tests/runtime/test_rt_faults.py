@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cmd(cfg: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nemo_migrate.cli", "run", str(cfg), "--out", str(out), "--proxy-model", "tiny", *extra]
+    return [sys.executable, "-m", "nemo_migrate.cli", "run", str(cfg), "--out", str(out), "--proxy-model", "tiny",
+            "--checkpoint-dir", "config", *extra]
 
 
 def _env() -> dict:
@@ -47,7 +48,7 @@ def test_killed_run_resumes_from_its_last_checkpoint_with_the_same_losses(cfg_fa
     # the rerun (same config, same checkpoint_dir) resumes after the newest complete checkpoint
     r = subprocess.run(_cmd(victim, tmp_path / "rerun", "--stop-after", "3"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming from" in r.stdout
+    assert "resuming from" in r.stderr
     resumed = metrics(tmp_path / "rerun")
     first = resumed[0]["step"]
     assert 1 <= first <= killed_at + 1 and [x["step"] for x in resumed] == [first, first + 1, first + 2]

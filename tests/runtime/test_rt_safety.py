@@ -32,6 +32,7 @@ def _run(cfg: Path, out: Path, *, resume: str = "auto", **kw) -> int:
     from nemo_migrate.runtime.api import RunOptions, run_main
 
     sets = list(kw.pop("sets", ()))
+    kw.setdefault("checkpoint_dir", "config")  # runs with different --out share the config's checkpoint_dir here
     return run_main(RunOptions(config=Path(cfg), proxy_model=kw.pop("proxy", "tiny"), out=Path(out),
                                overrides=sets, resume=resume, **kw))
 
@@ -241,7 +242,7 @@ def test_resume_refuses_other_data_even_at_the_same_path(cfg_factory, tmp_path, 
 def test_resume_changed_applies_the_new_values_and_reports_them(trained, tmp_path, capsys):
     capsys.readouterr()
     assert _run(trained, tmp_path / "r", max_steps=4, resume="changed", sets=["optimizer.lr=0.5"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # said on stderr
     assert "==> resuming from" in out and "epoch_0_step_1 at step 2 of 4 WITH CHANGED SETTINGS" in out
     assert "optimizer.lr 0.01 -> 0.5" in out
     rows = metrics(tmp_path / "r")
@@ -273,7 +274,7 @@ def test_no_resume_starts_fresh_in_a_new_directory_and_leaves_the_old_one(traine
 def test_unchanged_resume_says_loudly_where_it_resumes(trained, tmp_path, capsys):
     capsys.readouterr()
     assert _run(trained, tmp_path / "r", max_steps=3) == 0  # max_steps is not a training setting
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # said on stderr
     assert f"==> resuming from {_root(trained) / 'epoch_0_step_1'} at step 2 of 3" in out
     assert "training settings unchanged" in out and "--no-resume" in out
     assert [r["step"] for r in metrics(tmp_path / "r")] == [2]
@@ -452,15 +453,17 @@ def test_garbage_init_adapter(cfg_factory, tmp_path, capsys):
 
 
 CKPT_DAMAGE = {  # name: (file in epoch_0_step_1, new bytes (callable of the step dir), words)
-    "rng-garbage": ("rng/rng_rank_0.pt", lambda d: os.urandom(512), "rng/rng_rank_0.pt is not valid"),
-    "rng-wrong-state": ("rng/rng_rank_0.pt", lambda d: _small({"torch": torch.zeros(3, dtype=torch.uint8)}),
-                        "rng/rng_rank_0.pt is not valid"),
-    "dataloader-garbage": ("dataloader/dataloader_rank_0.pt", lambda d: b"PK\x03\x04garbage",
-                           "dataloader/dataloader_rank_0.pt is not valid"),
-    "dataloader-wrong-types": ("dataloader/dataloader_rank_0.pt", lambda d: _small({"epoch": "x", "yielded": None}),
-                               "dataloader_rank_0.pt holds epoch 'x'"),
-    "dataloader-out-of-range": ("dataloader/dataloader_rank_0.pt", lambda d: _small({"epoch": 0, "yielded": 10**6}),
-                                "is at batch 1000000"),
+    "rng-garbage": ("rng/rng_global_rank_0.pt", lambda d: os.urandom(512), "rng/rng_global_rank_0.pt is not valid"),
+    "rng-wrong-state": ("rng/rng_global_rank_0.pt",
+                        lambda d: _small({"torch_rng_state": torch.zeros(3, dtype=torch.uint8)}),
+                        "rng/rng_global_rank_0.pt is not valid"),
+    "dataloader-garbage": ("dataloader/dataloader_dp_rank_0.pt", lambda d: b"PK\x03\x04garbage",
+                           "dataloader/dataloader_dp_rank_0.pt is not valid"),
+    "dataloader-wrong-types": ("dataloader/dataloader_dp_rank_0.pt",
+                               lambda d: _small({"epoch": "x", "yielded": None}),
+                               "dataloader_dp_rank_0.pt holds epoch 'x'"),
+    "dataloader-out-of-range": ("dataloader/dataloader_dp_rank_0.pt",
+                                lambda d: _small({"epoch": 0, "yielded": 10**6}), "is at batch 1000000"),
     "step-scheduler": ("step_scheduler.pt", lambda d: _small({"step": -5, "epoch": 0}),
                        "step_scheduler.pt holds step -5"),
     "step-scheduler-list": ("step_scheduler.pt", lambda d: _small([1, 2]), "does not hold a state dict"),
@@ -497,10 +500,23 @@ def test_lr_scheduler_state_garbage(cfg_factory, tmp_path, capsys):
     cfg = cfg_factory("sched.yaml", ckpt=True, mutate=m)
     assert _run(cfg, tmp_path / "a", max_steps=2) == 0
     step_dir = _root(cfg) / "epoch_0_step_1"
-    _tamper(step_dir, "lr_scheduler.pt", _small({"max_lr": "x", "num_steps": 1}))
+    # the LR scheduler state is inside optim/ (0.7's OptimizerState: {"optim": ..., "sched": ...}): rewrite it there
+    import shutil
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save, torch_save_to_dcp
+
+    flat = tmp_path / "optim.pt"
+    dcp_to_torch_save(str(step_dir / "optim"), str(flat))
+    sd = torch.load(flat, weights_only=False)
+    sd["sched"]["max_lr"] = "x"
+    torch.save(sd, flat)
+    shutil.rmtree(step_dir / "optim")
+    torch_save_to_dcp(str(flat), str(step_dir / "optim"))
+    for f in (step_dir / "optim").iterdir():
+        _tamper(step_dir, f"optim/{f.name}", f.read_bytes())
     capsys.readouterr()
     err = _clean_fail(capsys, _run(cfg, tmp_path / "r", max_steps=2))
-    assert "lr_scheduler.pt is not valid" in err
+    assert "LR scheduler state" in err and "not valid" in err, err
 
 
 @pytest.mark.parametrize("damage", ["latest-loop", "manifest-list", "manifest-escape", "manifest-types"])

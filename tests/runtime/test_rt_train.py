@@ -38,7 +38,8 @@ def trainer_for(cfg_path: Path, out: Path, proxy: str = "tiny"):
     from nemo_migrate.runtime.parallel import destroy
     from nemo_migrate.runtime.trainer import Trainer
 
-    spec, cfg, run_dir, tok_path, tok_note = prepare(RunOptions(config=cfg_path, proxy_model=proxy, out=out))
+    spec, cfg, run_dir, tok_path, tok_note = prepare(RunOptions(config=cfg_path, proxy_model=proxy, out=out,
+                                                                checkpoint_dir="config"))
     tr = Trainer(spec, run_dir=run_dir, raw_cfg=cfg, tokenizer_path=tok_path, tokenizer_note=tok_note)
     try:
         tr.setup()
@@ -109,7 +110,9 @@ def test_resume_continues_with_identical_losses(cfg_factory, tmp_path):
     full = metrics(tmp_path / "ra")
     assert [r["step"] for r in full] == list(range(6))
     root_a = _ckpt_root(a)
-    assert sorted(p.name for p in root_a.iterdir()) == ["LATEST", "epoch_0_step_2", "epoch_0_step_5"]
+    assert sorted(p.name for p in root_a.iterdir()) == ["LATEST", "LOWEST_VAL", "epoch_0_step_2", "epoch_0_step_5",
+                                                        "training.jsonl", "validation.jsonl"]  # 0.7's layout
+    assert (root_a / "LOWEST_VAL").resolve().name == "epoch_0_step_5"  # the only checkpoint saved with a validation
     # "interrupted" run: only the step-2 checkpoint exists in its checkpoint_dir
     b = cfg_factory("resumed.yaml", ckpt=True, mutate=_resume_cfg)
     root_b = _ckpt_root(b)
@@ -157,8 +160,8 @@ def test_partial_corrupt_and_foreign_checkpoints_are_refused(cfg_factory, tmp_pa
     shutil.copytree(saved, root, symlinks=True)
     (root / "epoch_0_step_7").mkdir()  # a newer partial save beside a good LATEST: used LATEST, and says so
     assert run(a, tmp_path / "rz", max_steps=3) == 0
-    out = capsys.readouterr().out
-    assert "epoch_0_step_7 is incomplete" in out and "resuming from" in out
+    cap = capsys.readouterr()
+    assert "epoch_0_step_7 is incomplete" in cap.out and "resuming from" in cap.err
 
     other = tmp_path / "other.yaml"
     other.write_text(a.read_text().replace("dim: 8", "dim: 4"))
