@@ -31,6 +31,10 @@ setup-dev: $(DEVSTAMP)
 # The main job: convert the user's NeMo 2 job (golden/seed/input = shared/seed-example/nemo2) into Automodel 0.7.
 example: setup
 	$(BIN)/nemo-migrate convert golden/seed/input -o $(OUT) --force
+	@echo "next: read $(OUT)/migration-report.md, then see what will train differently:"
+	@echo "  $(BIN)/nemo-migrate diff golden/seed/input $(OUT)"
+	@echo "or train it on CPU with the example data (pip install -c requirements/constraints.txt -e '.[runtime]' first, README 'Install'):"
+	@echo "  $(BIN)/nemo-migrate run $(OUT)/config-fp16.yaml --proxy-model tiny --max-steps 10 --set distributed.tp_size=1 --set dataset.path_or_dataset_id=examples/data/training.jsonl --set validation_dataset.path_or_dataset_id=examples/data/validation.jsonl --out $(OUT)-run"
 
 # every test, the golden check, then the source oracle (real NeMo 2.7.3 judges every job; nemo-check below)
 test: setup-dev nemo-venv

@@ -16,11 +16,64 @@ import typer  # noqa: E402
 app = typer.Typer(
     name="nemo-migrate",
     help="Compile NeMo 2 fine-tuning jobs (recipe.py + YAML + torchrun) into NeMo Automodel 0.7 jobs.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, powershell)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    suggest_commands=False,  # click 8.5 suggests already: one "Did you mean" (typer would add a second)
 )
+
+
+def _keep_argument_help() -> None:
+    """typer 0.24 stores an Argument's help before calling click 8.5's Argument.__init__, which resets it to None:
+    `convert --help` showed `SOURCE [required]` without the help text.  Store it again afterwards (typer lists the
+    arguments itself, so click's own "Positional arguments" section is left out)."""
+    from typer.core import TyperArgument, TyperCommand
+
+    if hasattr(TyperCommand, "format_arguments"):
+        TyperCommand.format_arguments = lambda self, ctx, formatter: None
+
+    init = TyperArgument.__init__
+    if getattr(init, "_keeps_help", False):
+        return
+
+    def __init__(self, *args, help=None, **kwargs):  # noqa: A002 - click's name
+        init(self, *args, help=help, **kwargs)
+        self.help = help
+
+    __init__._keeps_help = True
+    TyperArgument.__init__ = __init__
+
+
+_keep_argument_help()
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import nemo_release
+
+    try:
+        mine = version("nemo-migrate")
+    except PackageNotFoundError:  # a source tree that is not installed
+        from . import __version__ as mine
+    rel = nemo_release.releases()
+    print(f"nemo-migrate {mine}\n  writes: NeMo Automodel 0.7 (0.7.0) jobs\n"
+          f"  reads:  NeMo 2 {rel[0]}-{rel[-1]} (default {nemo_release.default()}; checked against NeMo 2.7.3 + NeMo-Run 0.11.1), "
+          "NeMo 1.0, NeMo-Aligner")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print the version and the Automodel / NeMo versions it targets.")) -> None:
+    """Compile NeMo 2 fine-tuning jobs (recipe.py + YAML + torchrun) into NeMo Automodel 0.7 jobs."""
+
+
+_FORMAT_HELP = ("How diagnostics are printed: text (file:line:col: severity[CODE], paths relative to the working directory), json "
+                "(as --json), github (GitHub Actions annotations) or sarif (SARIF 2.1.0, for code scanning).")
 
 
 def _out():
@@ -48,12 +101,18 @@ def convert(
     force: bool = typer.Option(False, "--force", help="Overwrite files in OUT that differ."),
     json_: bool = typer.Option(False, "--json", help="Print the machine-readable report on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the summary line."),
+    output_format: str = typer.Option("text", "--output-format", metavar="text|json|github|sarif", help=_FORMAT_HELP),
+    statistics: bool = typer.Option(False, "--statistics", help="Count the diagnostics per code (count, code, title) instead of listing them."),
 ) -> None:
     """Convert a NeMo 2 job into an Automodel 0.7 config per YAML, a run.sh and a migration report."""
     from .convert import Options, convert as do_convert, plan_write, write
     from .diagnostics import MigrateError
 
     c = _out()
+    fmt = c.output_format(output_format, json_, statistics)
+    if fmt is None:
+        raise typer.Exit(1)
+    json_, fo = fmt == "json", {"fmt": fmt, "locate": c.locator(source if source.is_dir() else source.parent), "stats": statistics}
     opts = Options(source=source, out=out, recipe=recipe, factory=factory, nproc_per_node=nproc_per_node, nnodes=nnodes,
                    sets=list(set_), model=model, run_sh=run_sh, launcher=launcher, launch_line=launch_line, nemo_version=nemo_version)
     if launcher not in ("auto", "slurm", "local"):
@@ -62,7 +121,7 @@ def convert(
     try:
         conv = do_convert(opts)
     except MigrateError as e:
-        c.fail(e.diags, json_mode=json_)
+        c.fail(e.diags, json_mode=json_, quiet=quiet, **fo)
         raise typer.Exit(1)
     if check:
         if out is None:
@@ -71,31 +130,43 @@ def convert(
         try:
             plan = plan_write(conv, out)
         except MigrateError as e:
-            c.fail(e.diags, json_mode=json_)
+            c.fail(e.diags, json_mode=json_, quiet=quiet, **fo)
             raise typer.Exit(1)
+        from .emit import stale_outputs
+
+        stale = stale_outputs(out, conv.files)
         if json_:
-            c.print_json(conv.to_json(status="differs" if plan.differing else "same") | {"differs": plan.differing})
+            c.report_json(conv.diags, fo, conv.to_json(status="differs" if plan.differing or stale else "same") | {"differs": plan.differing, "stale": stale})
         else:
-            c.report(conv, quiet=quiet)
-            c.check_result(plan, out)
-        raise typer.Exit(2 if plan.differing else 0)
+            c.report(conv, quiet=quiet, **fo)
+            if plan.differing or not stale:
+                c.check_result(plan, out, show_diffs=fmt == "text")
+            for name in stale:
+                c.info_line(f"{out / name}: written by an earlier convert, not by this one (stale): remove it if it is not yours")
+        raise typer.Exit(2 if plan.differing or stale else 0)
     if out is None:
         if json_:
-            c.print_json(conv.to_json(status="plan"))
+            c.report_json(conv.diags, fo, conv.to_json(status="plan"))
         else:
-            c.report(conv, quiet=quiet)
+            c.report(conv, quiet=quiet, **fo)
             c.info_line("nothing written (no -o OUT given)")
         raise typer.Exit(0)
     try:
         res = write(conv, out, force=force)
     except MigrateError as e:
-        c.fail(e.diags, json_mode=json_)
+        c.fail(e.diags, json_mode=json_, quiet=quiet, **fo)
         raise typer.Exit(1)
+    from .emit import stale_outputs
+
+    stale = stale_outputs(out, conv.files)
     if json_:
-        c.print_json(conv.to_json(written=res.written))
+        c.report_json(conv.diags, fo, conv.to_json(written=res.written) | ({"stale": stale} if stale else {}))
     else:
-        c.report(conv, quiet=quiet)
+        c.report(conv, quiet=quiet, **fo)
         c.write_result(res, out)
+        for name in stale:
+            c.info_line(f"warning: {out / name} was written by an earlier convert and not by this one; it is left as it is: "
+                        f"remove it (rm {out / name}) unless you still use it")
 
 
 @app.command()
@@ -109,25 +180,29 @@ def diff(
     model: Optional[str] = typer.Option(None, "--model", help="HF model for the NeMo 2 side (as convert --model)."),
     all_: bool = typer.Option(False, "--all", help="Also list the facts that are the same."),
     json_: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    output_format: str = typer.Option("text", "--output-format", metavar="text|json|github|sarif", help=_FORMAT_HELP),
+    statistics: bool = typer.Option(False, "--statistics", help="Count the findings and differences per code (count, code, title) instead of listing them."),
 ) -> None:
     """Compare what two jobs will actually do (effective values, defaults included): exit 0 same, 2 differs, 1 error."""
     from .diagnostics import MigrateError
     from .diff import run_diff, to_json
 
     c = _out()
+    fmt = c.output_format(output_format, json_, statistics)
+    if fmt is None:
+        raise typer.Exit(1)
+    json_, fo = fmt == "json", {"fmt": fmt, "stats": statistics}
     bad = _unreadable_inputs([left, right, recipe])
     if bad.has_errors:
-        c.fail(bad, json_mode=json_)
+        c.fail(bad, json_mode=json_, **fo)
         raise typer.Exit(1)
+    bases = c.diff_bases(left, right)
     try:
         results = run_diff(left, right, recipe=recipe, sets=list(set_), nproc=nproc_per_node, nnodes=nnodes, model=model)
     except MigrateError as e:
-        c.fail(e.diags, json_mode=json_)
+        c.fail(e.diags, json_mode=json_, locate=c.diff_locator(bases), **fo)
         raise typer.Exit(1)
-    if json_:
-        c.print_json(to_json(results))
-    else:
-        c.diff_report(results, show_all=all_)
+    c.diff_output(results, to_json, show_all=all_, bases=bases, **fo)
     raise typer.Exit(2 if any(r.different for r in results) else 0)
 
 
@@ -140,7 +215,8 @@ def run(
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="A local HF model directory (weights + tokenizer)."),
     proxy_model: Optional[str] = typer.Option(None, "--proxy-model", help="Random-weight stand-in of the config's architecture: tiny, llama-1b, llama-8b, ..."),
     set_: List[str] = typer.Option([], "--set", help="Override any key, as Automodel's --section.key value: --set dataset.path_or_dataset_id=/data/t.jsonl (with --verify: a NeMo-Run override of the source job)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory for metrics.jsonl, loss.png (default: runs/<config name>); with --verify, VERIFY_DIR (default: verify/)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory: metrics.jsonl, loss.png and checkpoints/ (default: runs/<config name>); with --verify, VERIFY_DIR (default: verify/)."),
+    checkpoint_dir: Optional[str] = typer.Option(None, "--checkpoint-dir", metavar="config|DIR", help="Where checkpoints go and are resumed from (default: OUT/checkpoints, so runs with different --out never share one); `config` uses the config's checkpoint.checkpoint_dir (as does --set checkpoint.checkpoint_dir=DIR)."),
     merge: bool = typer.Option(False, "--merge", help="After a LoRA run, also write the merged model (HF safetensors)."),
     verify: bool = typer.Option(False, "--verify", help="Convert the NeMo 2 job, then train its NeMo meaning and its migration side by side and compare."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="--verify: recipe.py with the factory (default: next to the source)."),
@@ -172,6 +248,17 @@ def run(
     if resume and no_resume:
         _out().error_line("--resume changed and --no-resume exclude each other")
         raise typer.Exit(1)
+    if not verify:
+        from .detect import NEMO_CONFIGS, Kind, detect as detect_kind
+        from .diagnostics import Diagnostics
+
+        kind = detect_kind(config, Diagnostics())
+        if kind in NEMO_CONFIGS or kind in (Kind.NEMO2_DIR, Kind.RECIPE, Kind.LAUNCHER, Kind.NOTEBOOK):
+            _out().error_line(f"{config} is a NeMo job ({kind.value}), not an Automodel 0.7 config: run trains "
+                              f"Automodel YAMLs. Convert it first: nemo-migrate convert {config} -o OUT, then "
+                              f"nemo-migrate run OUT/<config>.yaml; or check the migration end to end: "
+                              f"nemo-migrate run --verify {config}")
+            raise typer.Exit(1)
     if verify:
         from .diagnostics import MigrateError
         from .verify import VerifyError, VerifyOptions, run_verify
@@ -197,29 +284,32 @@ def run(
 
     code = run_main(RunOptions(config=config, nproc_per_node=nproc_per_node, max_steps=max_steps, model_path=model_path,
                                proxy_model=proxy_model, overrides=list(set_), out=out, merge=merge, stop_after=stop_after,
-                               resume="never" if no_resume else ("changed" if resume else "auto")))
+                               resume="never" if no_resume else ("changed" if resume else "auto"),
+                               checkpoint_dir=checkpoint_dir))
     raise typer.Exit(code)
 
 
 @app.command(name="convert-data")
 def convert_data(
     src: Path = typer.Argument(..., help="A NeMo chat JSONL (conversations / system / mask)."),
-    dest: Path = typer.Argument(..., help="Where to write the OpenAI-messages JSONL for Automodel's ChatDataset."),
+    dest: str = typer.Argument(..., help="Where to write the OpenAI-messages JSONL for Automodel's ChatDataset; - writes to stdout "
+                                "(once every row converted; ./- for a file named -)."),
     force: bool = typer.Option(False, "--force", help="Replace DEST if it exists."),
 ) -> None:
     """Convert NeMo chat data to the OpenAI `messages` JSONL that Automodel 0.7's ChatDataset reads."""
     from .data_convert import convert_file
     from .diagnostics import MigrateError
 
+    to_stdout = dest == "-"  # a str: Path("./-") would be "-" too
     try:
-        n, diags = convert_file(src, dest, force=force)
+        n, diags = convert_file(src, None if to_stdout else Path(dest), force=force)
     except MigrateError as e:
         _out().fail(e.diags)
         raise typer.Exit(1)
     from .fsio import shown
 
     _out().diagnostics(diags)
-    _out().info_line(f"wrote {n} rows to {shown(dest)}")
+    _out().info_line(f"wrote {n} rows to {'stdout' if to_stdout else shown(Path(dest))}")
 
 
 @app.command(name="convert-checkpoint")
@@ -285,6 +375,37 @@ def _unreadable_inputs(paths: list[Optional[Path]]):
     return diags
 
 
+def _buckets(rule) -> list[str]:
+    """The buckets a row can put its knobs in: the row's own, then those its transform may decide for a job (the bucket
+    names in the transform's source and in the module's functions it calls: `Result("unsupported", ...)`)."""
+    import ast
+    import inspect
+
+    from .ir import STATUSES
+    from .rules.transforms import TRANSFORMS
+
+    found = {rule.status}
+    fn = TRANSFORMS.get(rule.transform or "")
+    try:
+        tree = ast.parse(inspect.getsource(inspect.getmodule(fn))) if fn else None
+    except (OSError, TypeError, SyntaxError):  # no source shipped: the row's bucket only
+        tree = None
+    if tree is not None:
+        funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+        seen, todo = set(), [fn.__name__]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in funcs:
+                continue
+            seen.add(name)
+            for n in ast.walk(funcs[name]):
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
+                    todo.append(n.func.id)
+                elif isinstance(n, ast.Constant) and n.value in STATUSES:
+                    found.add(n.value)
+    return [rule.status] + [b for b in STATUSES if b in found and b != rule.status]
+
+
 @app.command()
 def explain(rule: str = typer.Argument(..., help="A rule id such as PEFT006, or a diagnostic code such as NM213.")) -> None:
     """Explain a rule of the mapping table, e.g. PEFT006 (what it owns, where it writes, its bucket and the fact it
@@ -295,10 +416,14 @@ def explain(rule: str = typer.Argument(..., help="A rule id such as PEFT006, or 
     key = rule.strip().upper()
     r = rules.by_id().get(key)
     if r is not None:
-        _out().explain(r)
+        _out().explain(r, _buckets(r))
         return
     if key in codes.registry():
-        print(codes.render(key))
+        import textwrap
+
+        head, _, body = codes.render(key, width=10**6).rpartition("\n")
+        print(head + "\n" + textwrap.fill(body.strip(), width=100, initial_indent="  ", subsequent_indent="  ",
+                                          break_on_hyphens=False, break_long_words=False))  # URLs stay whole
         return
     hint = did_you_mean(key, [*rules.by_id(), *codes.registry()])
     _out().error_line(f"no rule or diagnostic code {rule!r}" + (f"; {hint}" if hint else "") + "  (`nemo-migrate rules` lists the rules)")
@@ -306,11 +431,28 @@ def explain(rule: str = typer.Argument(..., help="A rule id such as PEFT006, or 
 
 
 @app.command(name="rules")
-def list_rules() -> None:
-    """List the mapping table (mappings/rules.yaml)."""
+def list_rules(
+    filter_: Optional[str] = typer.Argument(None, metavar="[FILTER]", help="Only rows whose id, a source or a target contains this text "
+                                            "(case-insensitive), e.g. PEFT, lr_scheduler, trainer.plugins."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only rows that can put a knob in this bucket (their own, or one their "
+                                         "transform may decide per job): exact, approximate, dropped or unsupported."),
+    json_: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """List the mapping table (mappings/rules.yaml): rule id, default bucket, NeMo sources, Automodel targets."""
     from . import rules
+    from .ir import STATUSES
 
-    _out().rule_table(rules.table())
+    if status is not None and status not in STATUSES:
+        _out().error_line(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
+        raise typer.Exit(1)
+    needle = (filter_ or "").lower()
+    buckets = {r.id: _buckets(r) for r in rules.table()}
+    rows = [r for r in rules.table() if (status is None or status in buckets[r.id])
+            and (not needle or any(needle in x.lower() for x in (r.id, *r.sources, *r.targets)))]
+    if not rows:
+        _out().error_line("no rule matches" + (f" {filter_!r}" if filter_ else "") + (f" with --status {status}" if status else ""))
+        raise typer.Exit(1)
+    _out().rule_table(rows, buckets, as_json=json_)
 
 
 def main() -> None:

@@ -56,5 +56,6 @@ def group(code: str) -> str:
 
 def render(code: str, width: int = 100) -> str:
     c = registry()[code]
-    body = textwrap.fill(c.explanation, width=width, initial_indent="  ", subsequent_indent="  ")
+    body = textwrap.fill(c.explanation, width=width, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False, break_long_words=False)  # URLs stay whole
     return f"{code} ({c.severity}): {c.title}\n  {code[:3]}xx: {group(code)}\n{body}"

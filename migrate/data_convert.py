@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -113,25 +114,36 @@ def _check_dest(src: Path, dest: Path, force: bool, diags: Diagnostics) -> None:
         raise MigrateError(diags)
 
 
-def convert_file(src: Path, dest: Path, force: bool = False) -> tuple[int, Diagnostics]:
+def convert_file(src: Path, dest: Path | None, force: bool = False, stdout=None) -> tuple[int, Diagnostics]:
     """Convert ``src`` into ``dest``: every row or nothing (a temporary file next to ``dest``, renamed at the end and
-    removed on every failure, interruption included)."""
+    removed on every failure, interruption included).  ``dest`` None (``convert-data SRC -``): the rows go to
+    ``stdout`` (default sys.stdout) once all of them converted."""
     diags = Diagnostics()
     display = fsio.shown(src)
     kind = fsio.not_a_file(src)
     if kind is not None:
         diags.error("NM001", f"{display} is {kind}, not a file nemo-migrate can read" if kind != "missing" else f"no such file: {display}")
         raise MigrateError(diags)
-    _check_dest(src, dest, force, diags)
+    if dest is not None:
+        _check_dest(src, dest, force, diags)
     try:
         fh = os.fdopen(fsio.open_regular(src), "rb")
     except OSError as e:
         diags.error("NM100", f"cannot read {display}: {e.strerror or e}")
         raise MigrateError(diags) from None
-    n = 0
+    shown_dest = fsio.shown(dest) if dest is not None else "stdout"
     tmp: Path | None = None
     try:
         with fsio.interruptible(), fh:
+            if dest is None:
+                with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as out:
+                    n = _convert_rows(fh, out, display, diags)
+                    out.seek(0)
+                    stream = stdout or sys.stdout
+                    for chunk in iter(lambda: out.read(1 << 16), ""):
+                        stream.write(chunk)
+                    stream.flush()
+                return n, diags
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -141,51 +153,20 @@ def convert_file(src: Path, dest: Path, force: bool = False) -> tuple[int, Diagn
                 raise MigrateError(diags) from None
             tmp = Path(name)
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-                for lineno, raw in enumerate(fh, start=1):
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        diags.error("NM920", f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}", file=display, line=lineno,
-                                    col=e.start + 1, hint="JSONL is UTF-8: re-encode the file, e.g. iconv -f latin1 -t utf-8")
-                        continue
-                    if not line.strip():
-                        continue
-                    try:
-                        row = _parse(line)
-                    except _NumberError as e:
-                        diags.error("NM921", f"{e}: not a chat row nemo-migrate converts", file=display, line=lineno,
-                                    hint="fix or remove the line")
-                        continue
-                    except json.JSONDecodeError as e:
-                        diags.error("NM805", f"not JSON: {e.msg}", file=display, line=lineno, col=e.colno)
-                        continue
-                    except (ValueError, RecursionError) as e:
-                        diags.error("NM921", f"cannot read the JSON: {e}", file=display, line=lineno, hint="fix or remove the line")
-                        continue
-                    if not isinstance(row, dict):
-                        diags.error("NM805", "each line must be a JSON object", file=display, line=lineno)
-                        continue
-                    new = convert_row(row, lineno, display, diags)
-                    if new is not None and not diags.has_errors:
-                        text = json.dumps(new, ensure_ascii=False)
-                        if fsio.SURROGATE.search(text):
-                            diags.error("NM921", "a string holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode",
-                                        file=display, line=lineno, hint="fix or remove the line")
-                            continue
-                        out.write(text + "\n")
-                        n += 1
-                if diags.has_errors:
-                    raise MigrateError(diags)
+                n = _convert_rows(fh, out, display, diags)
                 out.flush()
                 os.fsync(out.fileno())
                 os.fchmod(out.fileno(), 0o644)
             os.replace(tmp, dest)
             tmp = None
     except fsio.Interrupted as e:
-        diags.error("NM915", f"interrupted ({e}): {fsio.shown(dest)} was not written")
+        diags.error("NM915", f"interrupted ({e}): {shown_dest} was not written")
+        raise MigrateError(diags) from None
+    except BrokenPipeError:
+        diags.error("NM923", "stdout was closed before every row was written", hint="write the rows to a file: convert-data SRC DEST")
         raise MigrateError(diags) from None
     except OSError as e:
-        diags.error("NM923", f"cannot write {fsio.shown(dest)}: {e.strerror or e}; it was not written",
+        diags.error("NM923", f"cannot write {shown_dest}: {e.strerror or e}; it was not written",
                     hint="free some space or fix the permissions, and run again")
         raise MigrateError(diags) from None
     finally:
@@ -193,3 +174,44 @@ def convert_file(src: Path, dest: Path, force: bool = False) -> tuple[int, Diagn
             with contextlib.suppress(OSError):
                 tmp.unlink()
     return n, diags
+
+
+def _convert_rows(fh, out, display: str, diags: Diagnostics) -> int:
+    """Every row of ``fh`` (bytes) into ``out`` (text); raises MigrateError after the last line if any row failed."""
+    n = 0
+    for lineno, raw in enumerate(fh, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            diags.error("NM920", f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}", file=display, line=lineno,
+                        col=e.start + 1, hint="JSONL is UTF-8: re-encode the file, e.g. iconv -f latin1 -t utf-8")
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = _parse(line)
+        except _NumberError as e:
+            diags.error("NM921", f"{e}: not a chat row nemo-migrate converts", file=display, line=lineno,
+                        hint="fix or remove the line")
+            continue
+        except json.JSONDecodeError as e:
+            diags.error("NM805", f"not JSON: {e.msg}", file=display, line=lineno, col=e.colno)
+            continue
+        except (ValueError, RecursionError) as e:
+            diags.error("NM921", f"cannot read the JSON: {e}", file=display, line=lineno, hint="fix or remove the line")
+            continue
+        if not isinstance(row, dict):
+            diags.error("NM805", "each line must be a JSON object", file=display, line=lineno)
+            continue
+        new = convert_row(row, lineno, display, diags)
+        if new is not None and not diags.has_errors:
+            text = json.dumps(new, ensure_ascii=False)
+            if fsio.SURROGATE.search(text):
+                diags.error("NM921", "a string holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode",
+                            file=display, line=lineno, hint="fix or remove the line")
+                continue
+            out.write(text + "\n")
+            n += 1
+    if diags.has_errors:
+        raise MigrateError(diags)
+    return n

@@ -38,10 +38,12 @@ class Diagnostic:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, fsio.shown(getattr(self, name)))
 
-    def location(self) -> str:
+    def location(self, path: str | None = None) -> str:
+        """``file[:cell N][:line[:col]]``; ``path`` shows the file under another name (the terminal shows it relative to
+        the working directory, the report relative to the job)."""
         if not self.file:
             return ""
-        loc = self.file
+        loc = path or self.file
         if self.cell is not None:
             loc += f":cell {self.cell}"
         if self.line is not None:
@@ -50,8 +52,8 @@ class Diagnostic:
                 loc += f":{self.col}"
         return loc
 
-    def render(self) -> str:
-        loc = self.location()
+    def render(self, path: str | None = None) -> str:
+        loc = self.location(path)
         head = f"{loc}: " if loc else ""
         key = f" [{self.key}]" if self.key else ""
         text = f"{head}{self.severity}[{self.code}]{key}: {self.message}"

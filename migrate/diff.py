@@ -207,7 +207,8 @@ def _semantic_findings(cfg: AutomodelConfig, view: AutomodelView, ctx: FactCtx) 
         if any(r.key == k or r.key.startswith(k + ".") for k in covered):
             continue
         cfg.rejected.setdefault(r.key, r.what)
-        cfg.findings.error(r.code, r.message, key=r.key, hint=f"write {r.key} as {r.fix}", **cfg.where(r.key))
+        cfg.findings.error(r.code, r.message, key=r.key, hint=r.fix if r.fix.startswith("did you mean") else f"write {r.key} as {r.fix}",
+                           **cfg.where(r.key))
 
 
 def _kind_of(path: Path, diags: Diagnostics) -> str:

@@ -154,7 +154,10 @@ def test_hostile_values_stay_inert(tmp_path):
     evil = '$(touch pwned); rm -rf ~ `touch pwned2`'
     (job / "run.sh").write_text((job / "run.sh").read_text().replace("set -ex", f"set -ex\nexport EVIL='{evil}'"))
     out = tmp_path / "out"
-    r = cli("convert", job, "-o", out, "--set", f"log.name='x; touch pwned3'", "--model", "/m/$(touch pwned4)")
+    hm = tmp_path / "m$(touch pwned4)"  # a real HF-shaped directory whose name is hostile
+    hm.mkdir()
+    (hm / "config.json").write_text("{}")
+    r = cli("convert", job, "-o", out, "--set", f"log.name='x; touch pwned3'", "--model", str(hm))
     assert r.returncode == 0, r.stderr
     b = _fake_bin(tmp_path)
     env = {**os.environ, "PATH": f"{b}:{os.environ['PATH']}", "FAKE_OUT": str(tmp_path / "args")}

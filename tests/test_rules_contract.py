@@ -87,7 +87,7 @@ def test_launch_facts_are_typed_values_with_rule_and_provenance():
 
 def test_one_registry_of_transforms():
     assert {r.transform for r in rules.table() if r.transform} <= set(TRANSFORMS)
-    assert home("weight_decay") == "migrate/rules/transforms/optim.py"
+    assert home("weight_decay") == "nemo_migrate/rules/transforms/optim.py"
     reg = Registry()
     reg(test_one_registry_of_transforms)
     with pytest.raises(RuleBug, match="registered twice"):

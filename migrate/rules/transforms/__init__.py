@@ -27,6 +27,6 @@ TRANSFORMS: dict[str, Transform] = _merge()
 
 
 def home(name: str) -> str | None:
-    """The file that defines the transform ``name`` (``migrate/rules/transforms/optim.py``), for `nemo-migrate explain`."""
+    """The file that defines the transform ``name`` (``nemo_migrate/rules/transforms/optim.py``), for `nemo-migrate explain`."""
     fn = TRANSFORMS.get(name)
-    return f"migrate/rules/transforms/{fn.__module__.rsplit('.', 1)[-1]}.py" if fn else None
+    return f"nemo_migrate/rules/transforms/{fn.__module__.rsplit('.', 1)[-1]}.py" if fn else None
