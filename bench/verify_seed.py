@@ -8,7 +8,9 @@ For fp8, convert emits `fp8.enabled: false` (Automodel 0.7.0 drops LoRA adapters
 migrated leg here is that config with FP8 switched back on for the bundled runtime (tensorwise, frozen base in FP8,
 adapters in bf16, lm_head excluded) -- what `nemo-migrate run ... --set fp8.enabled=true --set fp8.filter_fqns=[lm_head]`
 trains -- so the report measures FP8's effect (attribution `fp8_scaling`).
-Writes OUT_DIR/verify-report.json and OUT_DIR/<variant>/loss-curves.png (plus the legs' logs under OUT_DIR/work)."""
+Writes OUT_DIR/verify-report.json, OUT_DIR/verify.log and OUT_DIR/<variant>/loss-curves.png (plus the legs' logs under
+OUT_DIR/work).  Without --variant both variants are verified; the fp8 legs whose effective runtime config equals an fp16
+leg's (FP8 off, as convert emits it) are not trained again (legs.<name>.reused_from in the report)."""
 import json
 import random
 import shutil
@@ -61,8 +63,9 @@ def main() -> int:
     print("command: nemo-migrate " + " ".join(cmd[3:]), flush=True)
     r = subprocess.run(cmd, text=True)
     v = work / "verify"
-    if (v / "verify-report.json").is_file():
-        shutil.copy(v / "verify-report.json", out / "verify-report.json")
+    for name in ("verify-report.json", "verify.log"):  # verify.log: each leg's progress, command line and seconds
+        if (v / name).is_file():
+            shutil.copy(v / name, out / name)
     for p in list(v.glob("*/loss-curves.png")) + list(v.glob("loss-curves.png")):
         name = p.parent.name if p.parent != v else (variant or "all")
         (out / name).mkdir(exist_ok=True)

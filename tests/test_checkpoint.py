@@ -523,9 +523,15 @@ def test_json_output(tmp_path):
     assert any("exact for the forward pass" in n for n in j["notes"])
 
 
+# the seed recipe is a 70B: a tiny checkpoint under it is a job NeMo cannot run (NM504), so size the recipe's model to it
+SIZED = [a for s in ("num_layers=2", "hidden_size=32", "ffn_hidden_size=48", "num_attention_heads=4", "num_query_groups=2")
+         for a in ("--set", "model.config." + s)]
+
+
 def test_inspect_and_convert_with_a_local_checkpoint_do_not_import_torch(tmp_path):
     code = ("import sys; from nemo_migrate import checkpoint; c, d = checkpoint.inspect(sys.argv[1]); assert c.arch == 'llama' and not d.has_errors\n"
-            "from nemo_migrate.cli import main; sys.argv = ['nemo-migrate', 'convert', sys.argv[2], '--set', 'resume.restore_config.path=' + sys.argv[1]]\n"
+            "from nemo_migrate.cli import main; sys.argv = ['nemo-migrate', 'convert', sys.argv[2], '--set', 'resume.restore_config.path=' + sys.argv[1]] + "
+            f"{SIZED!r}\n"
             "try: main()\nexcept SystemExit as e: assert e.code == 0, e.code\n"
             "bad = [m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code, str(FIX / "llama-gqa-fp32/ckpt"), str(ROOT / "golden/seed/input")],
@@ -546,7 +552,7 @@ def test_convert_points_the_job_at_the_converted_checkpoint(tmp_path):
     ckpt = tmp_path / "models" / "my model's ckpt"  # a path that needs quoting in run.sh
     shutil.copytree(FIX / "llama-gqa-fp32/ckpt", ckpt)
     out = tmp_path / "job"
-    r = cli("convert", ROOT / "golden/seed/input", "--set", f"resume.restore_config.path={ckpt}", "-o", out)
+    r = cli("convert", ROOT / "golden/seed/input", "--set", f"resume.restore_config.path={ckpt}", *SIZED, "-o", out)
     assert r.returncode == 0, r.stderr
     from ruamel.yaml import YAML
 
@@ -592,7 +598,7 @@ def test_sbatch_pre_step(tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(FIX / "llama-gqa-fp32/ckpt", ckpt)
     out = tmp_path / "job"
-    r = cli("convert", ROOT / "golden/seed/input", "--set", f"resume.restore_config.path={ckpt}", "--launcher", "slurm", "-o", out)
+    r = cli("convert", ROOT / "golden/seed/input", "--set", f"resume.restore_config.path={ckpt}", *SIZED, "--launcher", "slurm", "-o", out)
     assert r.returncode == 0, r.stderr
     text = (out / "sbatch.sh").read_text()
     head, _, body = text.partition("set -euo pipefail")

@@ -122,12 +122,15 @@ def test_seed_lora_targets_and_fused_param_counts():
     assert o.status == "approximate" and "87,818,240 vs 103,546,880" in o.reason  # reference §4.1 counts for 70B r=8
 
 
-def test_local_checkpoint_guess_and_model_override():
+def test_local_checkpoint_guess_and_model_override(tmp_path):
     v = variant(conv(), "fp16")
     assert v.targets["model.pretrained_model_name_or_path"].value == "meta-llama/Llama-3.3-70B-Instruct"
     assert any(n.kind == "pre-step" and "export_ckpt" in n.text for n in v.notes)
-    v = variant(conv(model="/models/l33-hf"), "fp16")
-    assert v.targets["model.pretrained_model_name_or_path"].value == "/models/l33-hf"
+    hf = tmp_path / "l33-hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    v = variant(conv(model=str(hf)), "fp16")
+    assert v.targets["model.pretrained_model_name_or_path"].value == str(hf)
 
 
 def test_fp8_with_lora_never_leaves_an_adapted_module_to_fp8():

@@ -6,6 +6,7 @@ marked exact); the published guide's hand-written YAML must fail that check (it 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,17 +94,53 @@ def _verify(tmp_path, *extra):
 
 
 def test_verify_seed_job_on_cpu(tmp_path):
-    r, out = _verify(tmp_path)
+    """The seed job folder (fp16 and fp8 variants): every leg of fp16 trains; the fp8 legs have the same effective
+    runtime config (convert switches FP8 off, FP8001), so they are not trained again but reused, and said so.  The
+    console shows a progress line per leg and no internal command line."""
+    job, data = _job(tmp_path)
+    (job / "config-fp8.yaml").write_text((SEED / "config-fp8.yaml").read_text())
+    out = tmp_path / "verify"
+    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "run", "--verify", str(job), "--proxy-model", "tiny", "--steps", "4",
+                        "--data", str(data), "--seq-length", "64", "--out", str(out)],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads((out / "verify-report.json").read_text())
-    v = rep["variants"][0]
+    v, v8 = rep["variants"]
+    assert (v["variant"], v8["variant"]) == ("fp16", "fp8")
     assert v["verdict"] == "pass" and v["exact_rows_envelope"] in ("strict", "standard")
     assert {a["approximation"] for a in v["attribution"]} >= {"lora_fused_vs_split", "loss_reduction", "master_weights"}
     assert v["checks"]["lr"]["max_rel_diff"] < 1e-9  # convert reproduces NeMo's warmup exactly
     tp = v["checks"]["trainable_parameters"]
     assert tp["reference"] < tp["migrated"]  # one shared A for q/k/v and gate/up in NeMo
-    assert len(v["legs"]["reference"]["loss"]) == 4 and (out / "loss-curves.png").is_file()
+    assert len(v["legs"]["reference"]["loss"]) == 4 and (out / "fp16" / "loss-curves.png").is_file()
     assert "PASS" in r.stdout
+    # the fp8 legs: reused, with the same numbers, and the report says so
+    n = len(v["legs"])
+    assert not any("reused_from" in leg for leg in v["legs"].values())
+    assert {k: leg["reused_from"] for k, leg in v8["legs"].items()} == {k: f"fp16/{k}" for k in v["legs"]}
+    assert v8["legs"]["migrated"]["loss"] == v["legs"]["migrated"]["loss"] and v8["verdict"] == "pass"
+    assert any("not run again" in note for note in v8["notes"])
+    assert len(list((out / "fp8" / "legs").glob("*/run"))) == 0  # nothing trained for fp8
+    # progress on stderr: one start and one done line per trained leg, one line per reused leg; no command lines
+    err = r.stderr.splitlines()
+    assert f"leg 1/{2 * n}: fp16/reference ..." in err
+    assert sum(bool(re.match(rf"leg \d+/{2 * n}: fp16/\S+ done in [\d.]+ s", x)) for x in err) == n
+    assert sum("its result is reused" in x for x in err) == n
+    assert not any("nemo_migrate.cli" in x or "--stop-after" in x for x in r.stderr.splitlines() + r.stdout.splitlines())
+    assert "--stop-after" in (out / "verify.log").read_text()  # the command lines are in the log
+
+
+def test_verify_data_that_cannot_be_used_is_named(tmp_path):
+    """--data that does not exist, or rows without the template's fields: said about that data, before any leg."""
+    job, data = _job(tmp_path)
+    base = [sys.executable, "-m", "nemo_migrate.cli", "run", "--verify", str(job / "config-fp16.yaml"), "--recipe", str(job / "recipe.py"),
+            "--factory", "migration_recipe()", "--proxy-model", "tiny", "--steps", "2", "--seq-length", "64", "--out", str(tmp_path / "v")]
+    r = subprocess.run([*base, "--data", str(tmp_path / "no-such-dir")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and f"--data {tmp_path / 'no-such-dir'}: no such file or directory" in r.stderr
+    assert "pass --data" not in r.stderr and "Traceback" not in r.stderr
+    (data / "training.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    r = subprocess.run([*base, "--data", str(data)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "training.jsonl:1: no 'prompt', 'completion' field" in r.stderr and "leg 1/" not in r.stderr
 
 
 def test_verify_catches_the_guides_learning_rate(tmp_path):

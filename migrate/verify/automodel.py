@@ -123,7 +123,7 @@ def inspect_model(model) -> AutomodelSetup:
 
 
 def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | None, work: Path, steps: int,
-            nproc: int, log) -> LegRun:
+            nproc: int, log, progress=None, prefix: str = "") -> LegRun:
     """One Automodel leg in its own torchrun; returns the leg as it ran or raises AutomodelLegError."""
     leg_dir = work / name
     leg_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,8 @@ def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | N
            "-m", "nemo_migrate.verify.automodel", str(leg_dir / "config.yaml"), "--steps", str(steps), "--report", str(report)]
     if init_adapter is not None:
         cmd += ["--init-adapter", str(init_adapter)]
-    log(f"leg {name} (Automodel {AUTOMODEL_VERSION}): torchrun {' '.join(shlex.quote(c) for c in cmd[3:])}")
+    log(f"    {prefix}{name} (Automodel {AUTOMODEL_VERSION}): torchrun {' '.join(shlex.quote(c) for c in cmd[3:])}")
+    i = progress.start(prefix + name, f"(Automodel {AUTOMODEL_VERSION}'s own recipe)") if progress is not None else 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(leg_dir / "hf-datasets"), "WANDB_MODE": "disabled"}
     t0 = time.time()
@@ -145,6 +146,8 @@ def run_leg(name: str, leg_cfg: dict, *, model_dir: Path, init_adapter: Path | N
     info = _leg_info(report)
     jl = leg_dir / "automodel" / "training.jsonl"
     rows = [json.loads(x) for x in jl.read_text().splitlines() if x.strip()] if jl.is_file() else []
+    if progress is not None:
+        progress.done(i, prefix + name, time.time() - t0, ok=r.returncode == 0 and bool(rows))
     if r.returncode != 0 or not rows:
         raised = _raised(r.stdout + r.stderr)
         tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-10:])
@@ -240,8 +243,34 @@ def summarize(pairs: dict[str, PairComparison], runtime_legs: dict[str, LegRun],
                             automodel_setup=setup, automodel_adapters=adapters, automodel_trained=trained)
 
 
+def _run_once(name: str, cfg: dict, *, done: dict | None, memo: dict, prefix: str, progress, **kw) -> LegRun:
+    """``run_leg``, unless a leg with the same config, weights, initial adapters and steps ran before (another variant's):
+    then its result, marked ``reused_from``."""
+    if done is None:
+        return run_leg(name, cfg, progress=progress, prefix=prefix, **kw)
+    from .legs import _by_content, _Done
+
+    key = "automodel:" + json.dumps(_by_content({"config": cfg, "model": str(kw["model_dir"]), "init": str(kw["init_adapter"]),
+                                                 "steps": kw["steps"], "nproc": kw["nproc"]}, memo), sort_keys=True, default=str)
+    prev = done.get(key)
+    if prev is not None:
+        if progress is not None:
+            progress.reused(prefix + name, prev.label)
+        if prev.error is not None:
+            raise prev.error
+        return prev.leg.model_copy(update={"name": name, "seconds": 0.0, "reused_from": prev.label})
+    done[key] = rec = _Done(prefix + name)
+    try:
+        rec.leg = run_leg(name, cfg, progress=progress, prefix=prefix, **kw)
+    except AutomodelLegError as e:
+        rec.error = e
+        raise
+    return rec.leg
+
+
 def against_automodel(base: dict, dropout0: dict | None, legs: dict[str, LegRun], init: Path | None, *, work: Path, model_dir: Path,
-                      steps: int, nproc: int, log: Callable[[str], Any]) -> AgainstAutomodel:
+                      steps: int, nproc: int, log: Callable[[str], Any], progress=None, prefix: str = "", done: dict | None = None,
+                      memo: dict | None = None) -> AgainstAutomodel:
     """The migrated config run by the real Automodel 0.7 recipe; its legs join ``legs`` (so they are plotted and
     compared with the reference too) and the runtime-vs-Automodel comparison is returned."""
     runs = [("as_configured", "migrated", "automodel", base)]
@@ -251,7 +280,8 @@ def against_automodel(base: dict, dropout0: dict | None, legs: dict[str, LegRun]
     am_legs: dict[str, LegRun] = {}
     for key, rt_name, am_name, cfg in runs:
         try:
-            am_legs[am_name] = run_leg(am_name, cfg, model_dir=model_dir, init_adapter=init, work=work, steps=steps, nproc=nproc, log=log)
+            am_legs[am_name] = _run_once(am_name, cfg, done=done, memo={} if memo is None else memo, prefix=prefix, progress=progress,
+                                         model_dir=model_dir, init_adapter=init, work=work, steps=steps, nproc=nproc, log=log)
         except AutomodelLegError as e:
             setup = (e.info.setup if e.info is not None else None) or AutomodelSetup()
             res = AgainstAutomodel(verdict="failed", findings=[f"Automodel 0.7.0 stopped: {e.raised or 'see ' + e.output}"], error=str(e),

@@ -8,14 +8,16 @@ express it taken from the reference leg's config (``APPROXIMATIONS``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,35 +79,63 @@ def yaml_dump(cfg: dict) -> str:
 
 
 def data_files(job, data: Path | None) -> tuple[Path, Path | None]:
-    """The training (and validation) JSONL: ``--data``, else the job's dataset_root."""
-    root = data
-    if root is None:
+    """The training (and validation) JSONL: ``--data``, else the job's dataset_root.  What is wrong with the data
+    named is said about that data (a ``--data`` given is never answered with "pass --data")."""
+    layout = "NeMo's FineTuningDataModule reads DIR/training.jsonl (and DIR/validation.jsonl), one JSON object a line"
+    if data is None:
         r = job.value("data.dataset_root")
         root = Path(str(r)) if r else None
-    if root is None or not Path(root).exists():
-        raise VerifyError(f"the job's data ({job.value('data.dataset_root')}) is not on this machine; pass --data DIR "
-                          "(a directory with training.jsonl and validation.jsonl, as NeMo's FineTuningDataModule reads)")
-    root = Path(root)
+        if root is None or not root.exists():
+            raise VerifyError(f"the job's data ({r}) is not on this machine; pass --data DIR ({layout})")
+        what = f"the job's dataset_root {root}"
+    else:
+        root, what = Path(data), f"--data {data}"
+        if not root.exists():
+            raise VerifyError(f"{what}: no such file or directory ({layout}, or give the JSONL file itself)")
     if root.is_file():
         return root, None
     train = root / "training.jsonl"
     if not train.is_file():
-        raise VerifyError(f"{root} has no training.jsonl (NeMo's FineTuningDataModule layout)")
+        try:
+            seen = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+        except OSError as e:
+            raise VerifyError(f"{what}: cannot be read ({e.strerror})") from None
+        found = f"it holds {', '.join(seen[:8])}{' ...' if len(seen) > 8 else ''}" if seen else "it is empty"
+        raise VerifyError(f"{what}: no training.jsonl in it ({found}); {layout}, or give the JSONL file itself")
     val = root / "validation.jsonl"
     return train, val if val.is_file() else None
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, need: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a JSONL file: each a JSON object with the fields ``need`` (the job's prompt template reads them)."""
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
+    try:
+        fh = path.open(encoding="utf-8")
+    except OSError as e:
+        raise VerifyError(f"{path}: cannot be read ({e.strerror})") from None
+    with fh:
+        try:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise VerifyError(f"{path}:{n}: not JSON ({e.msg})") from None
+                    raise VerifyError(f"{path}:{n}: not JSON ({e.msg}); the training data is one JSON object a line") from None
+                if not isinstance(row, dict):
+                    raise VerifyError(f"{path}:{n}: a JSON {type(row).__name__}, not an object; the training data is one JSON object a line "
+                                      f"with the fields {', '.join(need) or 'of the prompt template'}")
+                missing = [k for k in need if k not in row]
+                if missing:
+                    raise VerifyError(f"{path}:{n}: no {', '.join(repr(k) for k in missing)} field (the row has "
+                                      f"{', '.join(map(repr, sorted(row))) or 'no fields'}); the job's prompt template reads "
+                                      f"{', '.join(need)}: give the job's own data, or --set data.dataset_kwargs.prompt_template=... "
+                                      "/ label_key=... to the fields this data has")
+                rows.append(row)
+        except UnicodeDecodeError:
+            raise VerifyError(f"{path}: not UTF-8 text (a JSONL file is needed)") from None
     if not rows:
-        raise VerifyError(f"{path} is empty")
+        raise VerifyError(f"{path} is empty: no training rows")
     return rows
 
 
@@ -142,9 +172,104 @@ def migrated_config(migrated: dict, env: dict[str, Any], init_adapter: Path | No
 
 # ---------------------------------------------------------------------------------------------- running legs
 
+class Progress:
+    """``leg 3/14: fp8/migrated ...`` on the console (with the seconds each leg took) and, with every leg's command
+    line, in OUT/verify.log; the internal command lines are not printed (they are in the log and the report)."""
+
+    def __init__(self, total: int, log: Callable[[str], Any], logfile: Path | None = None):
+        self.total, self.log, self.logfile = total, log, logfile
+        self.n = 0
+        self.t0 = time.time()
+        self._lock = threading.Lock()
+
+    def record(self, text: str) -> None:
+        if self.logfile is not None:
+            with self._lock, self.logfile.open("a", encoding="utf-8") as fh:
+                fh.write(text.rstrip("\n") + "\n")
+
+    def say(self, text: str) -> None:
+        self.log(text)
+        self.record(f"[{time.time() - self.t0:7.1f} s] {text}")
+
+    def start(self, label: str, what: str = "") -> int:
+        with self._lock:
+            self.n += 1
+            i = self.n
+        self.total = max(self.total, i)
+        self.say(f"leg {i}/{self.total}: {label}{(' ' + what) if what else ''} ...")
+        return i
+
+    def done(self, i: int, label: str, seconds: float, ok: bool = True) -> None:
+        self.say(f"leg {i}/{self.total}: {label} {'done' if ok else 'FAILED'} in {seconds:.1f} s ({time.time() - self.t0:.0f} s elapsed)")
+
+    def reused(self, label: str, same_as: str) -> None:
+        with self._lock:
+            self.n += 1
+            i = self.n
+        self.total = max(self.total, i)
+        self.say(f"leg {i}/{self.total}: {label}: same runtime config as {same_as}, its result is reused (not run again)")
+
+
+def _digest(path: Path, memo: dict[str, str]) -> str:
+    """Content digest of a file or of a directory's files (names and bytes), once per path."""
+    key = str(path)
+    if key not in memo:
+        h = hashlib.sha256()
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            h.update(str(f.relative_to(path) if f != path else "").encode() + b"\0")
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        memo[key] = h.hexdigest()
+    return memo[key]
+
+
+def _by_content(node: Any, memo: dict[str, str]) -> Any:
+    """``node`` with every local file or directory path replaced by its content digest."""
+    if isinstance(node, dict):
+        return {k: _by_content(v, memo) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_by_content(v, memo) for v in node]
+    if isinstance(node, str) and ("/" in node or os.sep in node):
+        try:
+            p = Path(node)
+            if p.exists():
+                return "content:" + _digest(p, memo)
+        except (OSError, ValueError):
+            pass
+    return node
+
+
+def effective_key(cfg: dict, *, steps: int, nproc: int, model_path: Path | None, proxy_model: str | None, memo: dict[str, str]) -> str:
+    """What decides a leg's result: the runtime's effective config of ``cfg`` (its own reading: defaults filled in,
+    ``fp8.enabled: false`` the same as no fp8 section), with local files by content, and the steps run."""
+    try:
+        from nemo_migrate.runtime.api import RunOptions
+        from nemo_migrate.runtime.spec import resolve
+
+        spec = resolve(json.loads(json.dumps(cfg)), RunOptions(config=Path("leg.yaml"), nproc_per_node=nproc, model_path=model_path,
+                                                                proxy_model=proxy_model, stop_after=steps),
+                       file="leg.yaml", check_files=False).to_dict()
+        spec.pop("config_path", None)
+        spec.pop("notes", None)
+        eff: Any = spec
+    except Exception:  # noqa: BLE001 - the runtime refuses it: the leg runs and says why; compare the config as written
+        eff = {"raw": cfg, "model_path": str(model_path), "proxy_model": proxy_model, "nproc": nproc}
+    return json.dumps({"steps": steps, "config": _by_content(eff, memo)}, sort_keys=True, default=str)
+
+
+@dataclass
+class _Done:
+    label: str
+    leg: LegRun | None = None
+    error: Exception | None = None  # a VerifyError, or verify.automodel's AutomodelLegError
+
+
 @dataclass(frozen=True)
 class LegRunner:
-    """How every runtime leg of one verification runs: steps, processes, the model, where, and the log."""
+    """How every runtime leg of one verification runs: steps, processes, the model, where, and the log.  Legs whose
+    effective runtime config equals one already run (``done``, shared by the variants) are not run again."""
     work: Path
     steps: int
     nproc: int
@@ -152,35 +277,86 @@ class LegRunner:
     proxy_model: str | None
     log: Callable[[str], Any]
     jobs: int = 1
+    progress: Progress | None = None
+    prefix: str = ""  # the variant's name in progress lines ("fp8/") when there are several
+    done: dict[str, _Done] = field(default_factory=dict)
+    memo: dict[str, str] = field(default_factory=dict)
 
-    def run(self, name: str, cfg: dict) -> LegRun:
+    def _progress(self) -> Progress:
+        return self.progress or Progress(0, self.log)
+
+    def _key(self, cfg: dict) -> str:
+        return effective_key(cfg, steps=self.steps, nproc=self.nproc, model_path=self.model_path, proxy_model=self.proxy_model, memo=self.memo)
+
+    def _write(self, name: str, cfg: dict) -> Path:
         leg_dir = self.work / name
         leg_dir.mkdir(parents=True, exist_ok=True)
         (leg_dir / "config.yaml").write_text(yaml_dump({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        return leg_dir
+
+    def _reuse(self, name: str, cfg: dict, prev: _Done) -> LegRun:
+        leg_dir = self._write(name, cfg)  # the leg's own config stays next to the others, for reading
+        self._progress().reused(self.prefix + name, prev.label)
+        if prev.error is not None:
+            raise prev.error
+        assert prev.leg is not None
+        return prev.leg.model_copy(update={"name": name, "config": str(leg_dir / "config.yaml"), "seconds": 0.0, "reused_from": prev.label})
+
+    def run(self, name: str, cfg: dict) -> LegRun:
+        key = self._key(cfg)
+        if key in self.done:
+            return self._reuse(name, cfg, self.done[key])
+        label = self.prefix + name
+        self.done[key] = rec = _Done(label)
+        prog = self._progress()
+        i, t0 = prog.start(label), time.time()
+        try:
+            rec.leg = self._run(name, cfg, label)
+        except VerifyError as e:
+            prog.done(i, label, time.time() - t0, ok=False)
+            rec.error = e
+            raise
+        prog.done(i, label, time.time() - t0)
+        return rec.leg
+
+    def _run(self, name: str, cfg: dict, label: str) -> LegRun:
+        leg_dir = self._write(name, cfg)
         cmd = [sys.executable, "-m", "nemo_migrate.cli", "run", str(leg_dir / "config.yaml"), "--out", str(leg_dir / "run"),
                "--stop-after", str(self.steps), "--nproc-per-node", str(self.nproc)]
         if self.model_path:
             cmd += ["--model-path", str(self.model_path)]
         elif self.proxy_model:
             cmd += ["--proxy-model", self.proxy_model]
-        self.log(f"leg {name}: {' '.join(shlex.quote(c) for c in cmd[2:])}")
+        self._progress().record(f"    {label}: nemo-migrate {' '.join(shlex.quote(c) for c in cmd[3:])}")
         t0 = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         (leg_dir / "output.txt").write_text(r.stdout + r.stderr)
         if r.returncode != 0:
             tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-8:])
-            raise VerifyError(f"leg '{name}' failed (exit {r.returncode}); its output is in {leg_dir / 'output.txt'}:\n{tail}")
+            raise VerifyError(f"leg '{label}' failed (exit {r.returncode}); its output is in {leg_dir / 'output.txt'}:\n{tail}")
         metrics = [json.loads(x) for x in (leg_dir / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
         sp = leg_dir / "run" / "summary.json"
         return LegRun(name=name, dir=str(leg_dir), config=str(leg_dir / "config.yaml"), command=cmd[2:], seconds=round(time.time() - t0, 1),
                       steps=[m for m in metrics if m.get("type") == "train"], summary=json.loads(sp.read_text()) if sp.is_file() else {})
 
     def run_all(self, todo: dict[str, dict]) -> dict[str, LegRun]:
-        """Independent legs, ``jobs`` at a time."""
-        if self.jobs > 1 and len(todo) > 1:
+        """Independent legs, ``jobs`` at a time; a leg whose config is the same as another's runs once."""
+        firsts: dict[str, str] = {}
+        for name, cfg in todo.items():
+            key = self._key(cfg)
+            if key not in self.done:
+                firsts.setdefault(key, name)
+        fresh = {n: todo[n] for n in firsts.values()}
+        out: dict[str, LegRun] = {}
+        if self.jobs > 1 and len(fresh) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                futs = {name: pool.submit(self.run, name, cfg) for name, cfg in todo.items()}
-                return {name: f.result() for name, f in futs.items()}
-        return {name: self.run(name, cfg) for name, cfg in todo.items()}
+                futs = {name: pool.submit(self.run, name, cfg) for name, cfg in fresh.items()}
+                out.update({name: f.result() for name, f in futs.items()})
+        else:
+            out.update({name: self.run(name, cfg) for name, cfg in fresh.items()})
+        for name, cfg in todo.items():
+            if name not in out:
+                out[name] = self.run(name, cfg)  # same config as a leg run before: reused
+        return {name: out[name] for name in todo}

@@ -136,6 +136,7 @@ class LegRun(Model):
     steps: list[dict[str, Any]]  # the leg's metrics.jsonl train rows (Automodel's training.jsonl for its legs)
     summary: dict[str, Any]  # the runtime's summary.json as written
     automodel: Optional[AutomodelLegInfo] = None  # Automodel legs: what the leg recorded inside Automodel
+    reused_from: Optional[str] = None  # the leg (variant/name) whose result this is: the same effective runtime config
 
     def series(self, key: str) -> list[float]:
         return [float(s[key]) if s.get(key) is not None else float("nan") for s in self.steps]
@@ -144,8 +145,9 @@ class LegRun(Model):
         return [s.get(key) for s in self.steps[:n]]
 
     def report(self) -> LegReport:
+        reused = {"reused_from": self.reused_from} if self.reused_from else {}  # the key only in reports that reuse a leg
         return LegReport(config=self.config, command=self.command, seconds=self.seconds, summary=self.summary,
-                         loss=self.series("loss"), grad_norm=self.series("grad_norm"), lr=self.series("lr_applied"))
+                         loss=self.series("loss"), grad_norm=self.series("grad_norm"), lr=self.series("lr_applied"), **reused)
 
 
 class LegReport(Model):
@@ -156,6 +158,7 @@ class LegReport(Model):
     loss: list[float]
     grad_norm: list[float]
     lr: list[float]
+    reused_from: Optional[str] = None  # not run: the result of this leg (same effective runtime config)
 
 
 class Attribution(Model):
@@ -300,6 +303,61 @@ def versions() -> dict[str, str]:
     return out
 
 
+_FIXED = {"reference": "black", "migrated": "tab:red", "automodel": "tab:blue"}
+
+
+def _colours(names: list[str]) -> dict[str, Any]:
+    """One colour a leg: black reference, red migrated, blue Automodel; the rest tab10's other colours, then tab20's
+    light ones (no red or blue among them)."""
+    import matplotlib
+
+    pool = [c for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i not in (0, 3)]
+    pool += [c for i, c in enumerate(matplotlib.colormaps["tab20"].colors) if i % 2 and i not in (1, 7)]
+    out: dict[str, Any] = {}
+    for n in names:
+        out[n] = _FIXED.get(n) or pool[len([m for m in out if m not in _FIXED]) % len(pool)]
+    return out
+
+
+def draw(legs: dict[str, LegRun], title: str) -> Any:
+    """The loss curves as a matplotlib Figure: each leg its own colour, the standard envelope (Automodel CI's tolerance)
+    as a band around the reference, and the migrated leg drawn last, dashed with markers, so it stays visible where
+    it lies on the reference."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
+    colours = _colours(list(legs))
+    ref = legs.get("reference")
+    if ref is not None and ref.steps:
+        a0, r0, a1, r1 = ENVELOPES["standard"]
+        xs = [s["step"] for s in ref.steps]
+        ys = ref.series("loss")
+        tol = [(a0 + r0 * abs(y)) if i == 0 else (a1 + r1 * abs(y)) for i, y in enumerate(ys)]
+        ax.fill_between(xs, [y - t for y, t in zip(ys, tol)], [y + t for y, t in zip(ys, tol)], color="0.6", alpha=0.3, lw=0,
+                        zorder=1, label="standard envelope around the reference")
+    for name, leg in legs.items():
+        if name == "reference":
+            style = dict(lw=2.6, zorder=4)
+        elif name == "migrated":
+            style = dict(lw=1.8, ls="--", marker="o", ms=3.5, zorder=10)
+        elif name.startswith("automodel"):
+            style = dict(lw=1.6, ls=":", marker="x", ms=4, zorder=8)
+        else:
+            style = dict(lw=1.2, ls="-.", zorder=5, alpha=0.9)
+        label = name + (f" (= {leg.reused_from})" if leg.reused_from else "")
+        ax.plot([s["step"] for s in leg.steps], leg.series("loss"), label=label, color=colours[name], **style)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"nemo-migrate run --verify: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def plot(legs: dict[str, LegRun], path: Path, title: str) -> Path | None:
     try:
         import matplotlib
@@ -308,17 +366,7 @@ def plot(legs: dict[str, LegRun], path: Path, title: str) -> Path | None:
         import matplotlib.pyplot as plt
     except Exception:  # noqa: BLE001 - no matplotlib: the JSON report has every number
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for name, leg in legs.items():
-        style = {"reference": dict(lw=2.4, color="black"), "migrated": dict(lw=2.0, color="tab:red"),
-                 "automodel": dict(lw=1.6, color="tab:blue", ls=":")}.get(name, dict(lw=1, ls="--"))
-        ax.plot([s["step"] for s in leg.steps], leg.series("loss"), label=name, **style)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"nemo-migrate run --verify: {title}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = draw(legs, title)
     fig.savefig(path)
     plt.close(fig)
     return path

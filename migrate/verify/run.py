@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..convert import Options, Variant, convert
 from .checks import lr_check, tokenization_parity
-from .legs import APPROXIMATIONS, LegRunner, VerifyError, data_files, environment, migrated_config, read_jsonl, without, yaml_load
+from .legs import APPROXIMATIONS, LegRunner, Progress, VerifyError, data_files, environment, migrated_config, read_jsonl, without, yaml_load
 from .reference import nemo_lr_values, nemo_tokenize, reference_config, seed, seq_length, sft_settings
 from .report import (EXACT, Attribution, Checks, Comparison, LegRun, LRCheck, TokenizationParity, VariantResult, VerifyReport, device, plot,
                      versions)
@@ -53,8 +53,18 @@ def run_verify(opts: VerifyOptions, log: Callable[[str], Any] = print) -> tuple[
     report = VerifyReport(tool="nemo-migrate run --verify", source=str(opts.source), steps=opts.steps,
                           command=" ".join(shlex.quote(a) for a in sys.argv) if sys.argv else None, device=device(),
                           versions=versions(), variants=[])
+    several = len(conv.variants) > 1
+    planned = []  # every variant's checks first (they are quick and find bad data before any leg trains)
     for v in conv.variants:
-        report.variants.append(_verify_variant(v, opts, out / (v.name or v.label) if len(conv.variants) > 1 else out, log))
+        vdir = out / (v.name or v.label) if several else out
+        vdir.mkdir(parents=True, exist_ok=True)
+        s = _setup(v, opts, vdir)
+        planned.append((v, vdir, s, _plan(s)))
+    (out / "verify.log").write_text("")
+    progress = Progress(sum(len(p) for *_, p in planned), log, out / "verify.log")
+    done: dict = {}  # legs run so far, by effective runtime config: the same leg of another variant is not run again
+    for v, vdir, s, plan in planned:
+        report.variants.append(_verify_variant(v, s, vdir, plan, progress, done, f"{v.name or v.label}/" if several else "", log))
     report.write(out / "verify-report.json")
     return report.exit_code, report
 
@@ -121,8 +131,8 @@ def _setup(v: Variant, opts: VerifyOptions, vdir: Path) -> _Setup:
     job = v.job
     migrated = _migrated_yaml(v, opts)
     train, _val = data_files(job, opts.data)
-    rows = read_jsonl(train)
     sft = sft_settings(job)
+    rows = read_jsonl(train, need=tuple(dict.fromkeys(re.findall(r"{(.*?)}", str(sft["template"] or "")))))
     seq_len = opts.seq_length or seq_length(job)
     notes: list[str] = []
     if opts.seq_length:
@@ -145,6 +155,9 @@ def _setup(v: Variant, opts: VerifyOptions, vdir: Path) -> _Setup:
     # NeMo's tokenization of every training record, fed to the reference leg pre-tokenized
     pretok = vdir / "reference-tokenized.jsonl"
     nemo_samples = [nemo_tokenize(r, tok, seq_length=seq_len, **sft) for r in rows]
+    if not any(x != -100 for smp in nemo_samples for x in smp["labels"]):
+        raise VerifyError(f"{train}: no row has a token to train on (every '{sft['label_key']}' is empty, or seq_length {seq_len} "
+                          "leaves no room for the answer): give data with answers, or a larger --seq-length")
     with pretok.open("w") as fh:
         for s in nemo_samples:
             fh.write(json.dumps({"input_ids": s["input_ids"], "labels": s["labels"]}) + "\n")
@@ -161,12 +174,31 @@ def _setup(v: Variant, opts: VerifyOptions, vdir: Path) -> _Setup:
     return _Setup(opts, migrated, env, ref_cfg, parity, lr, admitted, unflagged, notes)
 
 
-def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> VariantResult:
-    vdir.mkdir(parents=True, exist_ok=True)
-    s = _setup(v, opts, vdir)
+def _measured(s: _Setup) -> tuple[list[str], list[str]]:
+    """The admitted approximations removed in the "all removed" leg, and every difference measured alone."""
+    names = [n for n in APPROXIMATIONS if n in s.admitted]
+    return names, names + s.unflagged
+
+
+def _plan(s: _Setup) -> list[str]:
+    """The legs a variant trains, in order (for the progress count; a migrated leg that does not run ends it early)."""
+    names, measured = _measured(s)
+    legs = ["reference", "migrated"]
+    if len(measured) > 1 or s.unflagged:
+        legs += [f"migrated-without-{n}" for n in measured]
+    if names:
+        legs.append("migrated-all-removed")
+    if s.opts.against == "automodel":
+        legs.append("automodel")
+        if (s.migrated.get("peft") or {}).get("dropout"):
+            legs += ["migrated-dropout0", "automodel-dropout0"]
+    return legs
+
+
+def _verify_variant(v: Variant, s: _Setup, vdir: Path, plan: list[str], progress: Progress, done: dict, prefix: str, log) -> VariantResult:
     opts = s.opts
     runner = LegRunner(work=vdir / "legs", steps=opts.steps, nproc=opts.nproc_per_node, model_path=opts.model_path,
-                       proxy_model=opts.proxy_model, log=log, jobs=opts.jobs)
+                       proxy_model=opts.proxy_model, log=log, jobs=opts.jobs, progress=progress, prefix=prefix, done=done)
     legs = {"reference": runner.run("reference", {**s.reference, "nemo_compat": {**s.reference["nemo_compat"], "save_init_adapter": True}})}
     init = Path(legs["reference"].dir) / "run" / "initial_adapter.safetensors"
     init = init if init.is_file() else None
@@ -176,14 +208,16 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> Variant
     try:
         legs["migrated"] = runner.run("migrated", base)
     except VerifyError as e:  # the migrated config does not run: that is the finding
+        progress.total -= len(plan) - 2
+        progress.say(f"{prefix}migrated does not run: the {len(plan) - 2} other leg(s) of {v.name or v.label} are not trained")
         res = VariantResult(**common, verdict="fail", exact_rows_envelope="beyond", migrated_vs_reference="the migrated config does not run",
                             rejected=str(e), checks=Checks(tokenization=s.parity, lr=s.lr, trainable_parameters={}), comparisons={},
                             attribution=[], legs={"reference": legs["reference"].report()}, plot=None)
+        _note_reused(res, legs)
         res.write(vdir / "verify-report.json")
         return res
     # attribution: each measured difference removed alone (when there is more than one), then every admitted one
-    names = [n for n in APPROXIMATIONS if n in s.admitted]
-    measured = names + s.unflagged
+    names, measured = _measured(s)
     todo = {f"migrated-without-{n}": without(base, s.reference, [n]) for n in measured} if len(measured) > 1 or s.unflagged else {}
     if names:
         todo["migrated-all-removed"] = without(base, s.reference, names)
@@ -199,7 +233,8 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> Variant
         from .automodel import against_automodel
 
         against = against_automodel(base, dropout0, legs, init, work=runner.work, model_dir=Path(opts.model_path), steps=opts.steps,
-                                    nproc=opts.nproc_per_node, log=log)
+                                    nproc=opts.nproc_per_node, log=progress.record, progress=progress, prefix=prefix,
+                                    done=runner.done, memo=runner.memo)
     comparisons = {name: Comparison.of(legs["reference"], leg) for name, leg in legs.items() if name != "reference"}
     exact_env = comparisons["migrated-all-removed" if names else "migrated"].loss_envelope
     res = VariantResult(
@@ -207,10 +242,23 @@ def _verify_variant(v: Variant, opts: VerifyOptions, vdir: Path, log) -> Variant
         exact_rows_envelope=exact_env, migrated_vs_reference=comparisons["migrated"].loss_envelope,
         checks=_checks(s.parity, s.lr, legs), comparisons=comparisons, attribution=_attribution(measured, s.admitted, comparisons),
         against_automodel=against, legs={n: leg.report() for n, leg in legs.items()}, plot=None)
+    _note_reused(res, legs)
     p = plot(legs, vdir / "loss-curves.png", v.name or v.label)
     res.plot = str(p) if p else None
     res.write(vdir / "verify-report.json")
     return res
+
+
+def _note_reused(res: VariantResult, legs: dict[str, LegRun]) -> None:
+    reused = {n: leg.reused_from for n, leg in legs.items() if leg.reused_from}
+    if not reused:
+        return
+    variants = {src.rsplit("/", 1)[0] for src in reused.values() if "/" in src}
+    if len(variants) == 1 and all(src.endswith("/" + n) for n, src in reused.items()):
+        which = f"{', '.join(reused)}: the same effective runtime config as {variants.pop()}'s legs of those names"
+    else:
+        which = ", ".join(f"{n} (= {src})" for n, src in reused.items())
+    res.notes = [*res.notes, f"not run again, their results are reused (legs.<name>.reused_from): {which}"]
 
 
 def _attribution(measured: list[str], admitted: dict[str, str], comparisons: dict[str, Comparison]) -> list[Attribution]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from ... import checkpoint, knowledge
@@ -35,7 +37,8 @@ def model_info(ctx: Ctx) -> dict[str, Any]:
         info.update(id=guess, how="guess", score=score)
         ckpt, info["unreadable"] = _local_checkpoint(path)
         if ckpt is not None:  # the checkpoint is here: convert-checkpoint makes the HF directory the job starts from
-            info.update(id=checkpoint.default_output(path), how="local", guessed=guess, arch=ckpt.arch, known=checkpoint.shape(ckpt))
+            info.update(id=checkpoint.default_output(path), how="local", guessed=guess, arch=ckpt.arch, known=checkpoint.shape(ckpt),
+                        config_class=_class_name(ckpt.cfg.get("_target_")))
     elif rinfo.get("hf_id"):
         info.update(id=rinfo["hf_id"], how="recipe")
     models = knowledge.models()
@@ -98,11 +101,195 @@ def recipe_key(ctx: Ctx) -> Result | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------- which model: recipe, restore path, --model
+
+_VARIANT = re.compile(r"-(instruct|chat|it|hf|base)$", re.I)  # Meta-Llama-3-8B-Instruct is the 8B recipe's model, tuned
+_SHAPE_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "ffn": "intermediate_size", "heads": "num_attention_heads",
+               "kv_heads": "num_key_value_heads", "vocab": "vocab_size"}
+_NEMO_SHAPE_KEYS = {"layers": "num_layers", "hidden": "hidden_size", "ffn": "ffn_hidden_size", "heads": "num_attention_heads",
+                    "kv_heads": "num_query_groups"}
+_NEMO_LOADS = ("NeMo builds the recipe's model and loads the restore checkpoint's weights into it (AutoResume -> "
+               "MegatronStrategy.selective_restore; the checkpoint's own model config is not used)")
+
+
+def _class_name(target: Any) -> str | None:
+    return str(target).rsplit(".", 1)[-1] if isinstance(target, str) and target else None
+
+
+def _config_classes() -> dict[str, str]:
+    """NeMo model config class -> the HF model its recipe imports (mappings/nemo2/recipes.yaml: config_class, hf_id)."""
+    out: dict[str, str] = {}
+    for _name, r in sorted(knowledge.recipes().items()):
+        if r.get("config_class") and r.get("hf_id"):
+            out.setdefault(r["config_class"], r["hf_id"])
+    return out
+
+
+def _class_of(hf_id: str | None) -> str | None:
+    """The NeMo model config class a recipe uses for ``hf_id`` (or for the model it is a tuned variant of)."""
+    by_id = {v: k for k, v in _config_classes().items()}
+    while hf_id:
+        if hf_id in by_id:
+            return by_id[hf_id]
+        base = _VARIANT.sub("", hf_id)
+        hf_id = base if base != hf_id else None
+    return None
+
+
+def _shape_of(hf_id: str | None) -> dict[str, int] | None:
+    models = knowledge.models()
+    name = (models["models"].get(hf_id or "") or {}).get("shape")
+    return models["llama_shapes"].get(name) if name else None
+
+
+def _hf_dir_shape(path: str) -> dict[str, int] | None:
+    """The shape of a local HF model directory from its config.json (read as JSON, nothing executed)."""
+    try:
+        cfg = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    shape = {k: cfg.get(v) for k, v in _SHAPE_KEYS.items()}
+    if shape["kv_heads"] is None:
+        shape["kv_heads"] = shape["heads"]
+    return shape if all(isinstance(v, int) and not isinstance(v, bool) for v in shape.values()) else None
+
+
+def _recipe_model(ctx: Ctx) -> dict[str, Any] | None:
+    """What the NeMo job's model config is: its class, the HF model that class is, its shape, and where it was set."""
+    node = ctx.node("model.config")
+    cls = node.cls if node is not None else (ctx.job.recipe_info or {}).get("config_class")
+    hf = _config_classes().get(cls or "")
+    if not cls or not hf:
+        return None
+    prov = node.prov if node is not None else None
+    where = (f"recipe llm.{(prov.detail or '').split(' (')[0]}" if prov is not None and prov.kind == "recipe-default" and prov.detail
+             else str(prov) if prov is not None else "the recipe")
+    shape = dict(_shape_of(hf) or {})
+    for key, field in _NEMO_SHAPE_KEYS.items():  # recipe.model.config.num_layers = ... and the like change what NeMo builds
+        kn = ctx.k(f"model.config.{field}")
+        if kn is not None and kn.prov.kind != "nemo-default" and isinstance(kn.value, int) and not isinstance(kn.value, bool):
+            shape[key] = kn.value
+            where = f"{where}; {field} from {kn.prov}"
+    return {"cls": cls, "id": hf, "shape": shape or None, "where": where}
+
+
+def _differs(a: dict[str, int] | None, b: dict[str, int] | None) -> list[str]:
+    """The shape fields two models disagree on.  Not the vocabulary: NeMo restores the checkpoint's tokenizer with it
+    (RestoreConfig.load_artifacts), and the model's embedding follows that tokenizer."""
+    if not a or not b:
+        return []
+    return [f"{k} {a[k]} vs {b[k]}" for k in _NEMO_SHAPE_KEYS if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]]
+
+
+def check_model_choice(ctx: Ctx, info: dict[str, Any]) -> None:
+    """Say when the recipe's model and the restore path (or --model) are not the same model, and which one the
+    migrated job trains: an error when NeMo itself could not load the restore checkpoint into the recipe's model."""
+    rec = _recipe_model(ctx)
+    path = info["restore"]
+    if rec is None:
+        return
+    kn = ctx.k("resume.restore_config.path")
+    where = kn.prov.where() if kn else {}
+    restore_id = info.get("guessed") or (info["id"] if info["how"] in ("nemo", "hf", "guess", "local") else None)
+    if info["how"] == "--model" and isinstance(path, str) and path:
+        restore_id = path[len("nemo://"):].strip("/") if path.startswith("nemo://") else (
+            path[len("hf://"):].strip("/") if path.startswith("hf://") else guess_hf_id(path, None)[0])
+    if isinstance(path, str) and path and restore_id is not None:
+        rshape = info["known"][1] if info.get("known") else _shape_of(restore_id)
+        rcls = info.get("config_class") if info["how"] == "local" else _class_of(restore_id)
+        what = f"the NeMo 2 checkpoint {path} ({rcls or info.get('arch')})" if info["how"] == "local" else f"'{path}' ({restore_id})"
+        diff = _differs(rec["shape"], rshape)
+        if diff:
+            over = info["how"] == "--model"
+            (ctx.diags.warning if over else ctx.diags.error)(
+                "NM504", f"recipe and restore path name different models: the recipe's model config is {rec['cls']} ({rec['where']}; "
+                f"{rec['id']}'s architecture) but the restore path is {what}, another shape ({', '.join(diff)}). {_NEMO_LOADS}, so the NeMo job "
+                "stops with dist_checkpointing's 'Global shape mismatch'" + (f"; --model {info['id']} decides what the migrated job "
+                                                                              "trains" if over else "; nothing is migrated from a job that cannot run"),
+                key="resume.restore_config.path",
+                hint=f"make them name one model: a factory or model config for {restore_id} (e.g. the llm.<model> recipe of that "
+                     f"size), or a restore path holding {rec['id']}; or pass --model <HF id or HF directory> to choose what the "
+                     f"migrated job trains", **where)
+        elif rcls and rcls != rec["cls"] and rcls in _config_classes():  # a generic LlamaConfig in a checkpoint says nothing
+            ctx.diags.warning(
+                "NM504", f"recipe and restore path name different models: the recipe's model config is {rec['cls']} ({rec['where']}; "
+                f"{rec['id']}'s architecture) but the restore path is {what}, whose recipe uses {rcls}. {_NEMO_LOADS}, so NeMo trained these "
+                f"weights under {rec['cls']}'s settings (e.g. RoPE scaling, which the checkpoint's HF config.json may not share). "
+                f"The restore path won: the migrated job loads {info['id']} with its own config.json", key="resume.restore_config.path",
+                hint=f"if the job was meant for {restore_id}, use its recipe (model config {rcls}); if it was meant for {rec['id']}, "
+                     f"pass --model {rec['id']} or point the restore path at it", **where)
+    if info["how"] == "--model":
+        mshape = _hf_dir_shape(info["id"]) or _shape_of(info["id"])
+        diff = _differs(rec["shape"], mshape)
+        if diff:
+            ctx.diags.warning("NM504", f"--model {info['id']} is not the shape of the recipe's model config {rec['cls']} ({rec['where']}; "
+                              f"{rec['id']}'s architecture): {', '.join(diff)}; --model won: the migrated job trains it, the NeMo job trained {rec['cls']}",
+                              hint=f"pass --model with the weights the NeMo job trained ({rec['id']} or its HF export)")
+
+
+_PATHLIKE = re.compile(r"^(/|~|\.{1,2}(/|$))|\\|^[A-Za-z]:|/.*/")
+
+
+def _repo_id_problem(value: str) -> str | None:
+    """Why ``value`` is not a Hugging Face repo id (huggingface_hub's own validator when it is installed)."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # the same rules (huggingface_hub/utils/_validators.py)
+        if value.count("/") > 1:
+            return "a repo id is 'name' or 'namespace/name'"
+        if not re.fullmatch(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", value):
+            return "a repo id uses letters, digits, '-', '_' and '.', does not start or end with '-' or '.', at most 96 characters"
+        if "--" in value or ".." in value or value.endswith(".git"):
+            return "a repo id has no '--' or '..' and does not end in .git"
+        return None
+    try:
+        validate_repo_id(value)
+    except HFValidationError as e:
+        return str(e)
+    return None
+
+
+def check_model_arg(ctx: Ctx, value: str) -> bool:
+    """--model must be a local HF model directory (config.json) or a valid HF repo id; anything else is an error."""
+    hint = "pass --model <HF repo id, e.g. meta-llama/Llama-3.1-8B> or <local directory with config.json and the weights>"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (os.fsdecode's surrogates): NM918 refuses it where it would be written
+        return True
+    p = Path(value).expanduser()
+    try:
+        exists, is_dir, has_cfg = p.exists(), p.is_dir(), (p / "config.json").is_file()
+    except (OSError, ValueError):
+        exists = is_dir = has_cfg = False
+    if exists:
+        if has_cfg:
+            return True
+        ctx.diags.error("NM503", f"--model {value}: " + ("the directory holds no config.json, so it is not a Hugging Face model directory"
+                                                         if is_dir else "a file, not a Hugging Face model directory"),
+                        hint=hint + ("; a NeMo 2 checkpoint converts with `nemo-migrate convert-checkpoint DIR -o DIR-hf`"
+                                     if checkpoint.looks_like_checkpoint(p) else ""))
+        return False
+    if _PATHLIKE.search(value):
+        ctx.diags.error("NM503", f"--model {value}: no such directory (a path; it is not a Hugging Face repo id either)",
+                        hint=hint + "; if the directory is on another machine, convert there or pass the HF id of the same weights")
+        return False
+    why = _repo_id_problem(value)
+    if why:
+        ctx.diags.error("NM503", f"--model {value!r} is neither a local directory nor a valid Hugging Face repo id: {why}", hint=hint)
+        return False
+    return True
+
+
 @transform
 def model_from_restore(ctx: Ctx) -> Result | None:
     info = model_info(ctx)
     ctx.set("model._target_", MODEL_TARGET)
     path = info["restore"]
+    if info["how"] == "--model" and not check_model_arg(ctx, info["id"]):
+        return Result("unsupported", f"--model {info['id']} is not a model")
+    check_model_choice(ctx, info)
     if info["id"] is None:
         kn = ctx.k("resume.restore_config.path")
         if isinstance(path, str) and path:
