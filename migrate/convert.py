@@ -27,6 +27,7 @@ from .detect import NEMO_CONFIGS, SELF_CONTAINED, YAML_SUFFIXES, Kind, detect, l
 from .diagnostics import Diagnostics, MigrateError
 from .ir import STATUSES, KnobOutcome, LaunchPlan, Node, TargetValue
 from .resolve import Inputs, Job, resolve
+from .sources.overrides import override_key
 from .sources.launch import Launch, looks_like_launcher, notebook_launch, parse_run_sh, variant_of
 from .sources.recipe_py import RecipeModule, parse_recipe_py
 
@@ -174,7 +175,7 @@ def discover(opts: Options, diags: Diagnostics) -> tuple[list[Inputs], Launch | 
         diags.error("NM003", f"expected a job folder, a launcher script (run.sh / sbatch), a recipe .py script, a .ipynb notebook, "
                     f"a YAML job or a NeMo-Run export, got {src.name}")
         raise MigrateError(diags)
-    set_keys = {x.partition("=")[0].lstrip("+~") for x in opts.sets}
+    set_keys = {override_key(x) for x in opts.sets}
 
     def is_recipe(script: str) -> bool | None:
         return True if recipe is not None and Path(script).name == recipe.name else None

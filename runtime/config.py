@@ -71,7 +71,12 @@ def load_yaml(path: str | Path, lines: dict[str, str] | None = None) -> dict[str
 
 def apply_override(cfg: dict[str, Any], item: str, *, file: str | None = None,
                    lines: dict[str, str] | None = None) -> None:
-    """Apply one ``section.key=value`` override in place (Automodel's ``set_by_dotted`` + ``translate_value``)."""
+    """Apply one ``section.key=value`` override in place (Automodel's ``set_by_dotted`` + ``translate_value``).
+
+    Automodel 0.7's grammar, kept apart on purpose from the NeMo-side ones in ``migrate/sources/overrides.py``
+    (NeMo-Run's ``key=value``/``key+=value`` typed later by the parameter's annotation; Hydra's ``+key``/``~key`` with
+    its own value grammar): here any missing section is created, and the value is typed by ``translate_value``
+    (case-insensitive ``none``/``true``, a float regex), as 0.7's ``parse_args_and_load_config`` does."""
     if "=" not in item:
         raise RunError("a --set override must look like section.key=value", key=item, found=item,
                        hint="e.g. --set dataset.path_or_dataset_id=/data/train.jsonl")

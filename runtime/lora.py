@@ -258,12 +258,16 @@ def trainable_keys_from_adapter(adapter: dict[str, torch.Tensor], info: LoraInfo
 
 
 def adapter_config(info: LoraInfo, spec, *, base_model: str, dropout: float) -> dict[str, Any]:
-    return {
-        "task_type": "CAUSAL_LM", "peft_type": "LORA", "r": info.dim, "lora_alpha": info.alpha,
-        "lora_dropout": dropout, "target_modules": sorted(info.targets), "bias": "none", "use_dora": False,
-        "use_rslora": False, "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
-        "base_model_name_or_path": base_model, "modules_to_save": None,
-    }
+    """``adapter_config.json`` as peft writes it: peft's own ``LoraConfig`` (every field with this peft's defaults and
+    its ``peft_version``), serialised as ``LoraConfig.save_pretrained`` does but with sets sorted (peft writes
+    ``list(set)``, whose order changes from process to process)."""
+    from peft import LoraConfig
+
+    cfg = LoraConfig(task_type="CAUSAL_LM", r=info.dim, lora_alpha=info.alpha, lora_dropout=dropout,
+                     target_modules=sorted(info.targets), bias="none", use_dora=False, use_rslora=False,
+                     fan_in_fan_out=False, init_lora_weights=True, inference_mode=True,
+                     base_model_name_or_path=base_model)
+    return {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in cfg.to_dict().items()}
 
 
 def merged_state_dict(full_sd: dict[str, torch.Tensor], info: LoraInfo) -> dict[str, torch.Tensor]:

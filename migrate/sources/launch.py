@@ -40,7 +40,7 @@ from typing import Callable, Collection
 from ..diagnostics import Diagnostics
 from ..ir import Provenance
 from . import nemo1 as _nemo1
-from .overrides import parse_override
+from .overrides import override_key, parse_override
 from .yaml_source import Override
 
 # ---------------------------------------------------------------------------------------------- option tables
@@ -1851,7 +1851,7 @@ def _nemorun_args(l: Launch, args: list[Word], diags: Diagnostics, set_keys: Col
                           file=w.file, line=w.line, hint="pass --nproc-per-node/--nnodes to nemo-migrate for the launch shape")
             continue
         if w.unknown:
-            _unknown_override(w, tok.partition("=")[0].rstrip("+-*/|&"), diags, set_keys)
+            _unknown_override(w, override_key(tok), diags, set_keys)
             continue
         ov = parse_override(tok, w.prov("cli"), diags)
         if ov is not None:
@@ -1883,7 +1883,7 @@ def _hydra_args(l: Launch, args: list[Word], diags: Diagnostics, set_keys: Colle
         elif tok.startswith("-"):
             diags.warning("NM139", f"Hydra option {tok} is not understood by this compiler; ignored", file=w.file, line=w.line)
         elif w.unknown:
-            _unknown_override(w, tok.lstrip("+~").partition("=")[0], diags, set_keys)
+            _unknown_override(w, override_key(tok), diags, set_keys)
         else:
             l.hydra.append((tok, w.prov("cli")))
 

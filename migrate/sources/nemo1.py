@@ -4,8 +4,11 @@
 The script that runs decides the config Hydra starts from (mappings/nemo1/scripts.yaml): with ``--config-name`` the
 user's YAML, merged here over that script's shipped default config (a verbatim copy in mappings/nemo1/, its header
 names the release); without one the shipped config itself.  Hydra command-line overrides are applied (``key=value``,
-``+key=value``, ``++key=value``, ``~key``), OmegaConf interpolations are resolved (``${a.b}``, relative
-``${.x}``/``${..x}``, inside strings too), and every leaf is lowered into the NeMo 2 IR by the table in
+``+key=value``, ``++key=value``, ``~key``; parsed and typed by Hydra's own grammar, applied with Hydra's rules),
+OmegaConf interpolations are resolved by OmegaConf itself (``${a.b}``, relative ``${.x}``/``${..x}``, inside strings
+and lists, nested); resolvers such as ``${oc.env:X}`` are never called (NM232: they would read this machine's
+environment). hydra-core and omegaconf are imported only here, only when a NeMo 1 job is read (+0.11 s).  Every leaf
+keeps its file:line through both, and is lowered into the NeMo 2 IR by the table in
 mappings/nemo1/lowering.yaml, keeping its file:line (or ``NeMo 1.0 default``).  Settings with no NeMo 2 meaning are
 kept as ``nemo1.<path>`` knobs that rows N1xx of the rule table bucket.  Nothing is executed.
 """
@@ -194,23 +197,6 @@ def _user_leaves(path: Path, display: str, diags: Diagnostics) -> dict[str, Leaf
     return out
 
 
-def _hydra_value(text: str) -> Any:
-    """A Hydra command-line value: YAML-like scalars and [lists]."""
-    from ruamel.yaml import YAML
-
-    import warnings
-
-    try:
-        y = YAML(typ="safe", pure=True)
-        y.version = (1, 1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = y.load(text)
-    except Exception:  # noqa: BLE001 - an unparsable value stays text, as Hydra's grammar falls back to strings
-        return text
-    return _omegaconf_float(value)
-
-
 # OmegaConf (and Hydra's override grammar) read 1e-4 as a float; YAML 1.1 alone would keep it a string
 _OC_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$")
 
@@ -219,37 +205,115 @@ def _omegaconf_float(value: Any) -> Any:
     return float(value.replace("_", "")) if isinstance(value, str) and _OC_FLOAT.match(value) else value
 
 
+def _subtree(leaves: dict[str, Leaf], key: str) -> Any:
+    """The value at ``key`` as OmegaConf.select sees it (None when absent or ``???``)."""
+    if key in leaves:
+        v = leaves[key].value
+        return None if v == MANDATORY else v
+    under = {p[len(key) + 1:]: lf.value for p, lf in leaves.items() if p.startswith(key + ".")}
+    if not under:
+        return None
+    tree: dict = {}
+    for p, v in under.items():
+        *parents, last = p.split(".")
+        node = tree
+        for q in parents:
+            node = node.setdefault(q, {})
+        node[last] = v
+    return tree
+
+
+def _merge_into(leaves: dict[str, Leaf], key: str, value: Any, prov: Provenance) -> None:
+    """``OmegaConf.update(cfg, key, value, merge=True)`` on the flat tree: a mapping merges key by key into a mapping
+    (an empty one changes nothing), anything else replaces the node."""
+    if isinstance(value, dict) and value and (key not in leaves or isinstance(leaves[key].value, dict)):
+        if key in leaves:
+            del leaves[key]
+        for k, v in value.items():
+            _merge_into(leaves, f"{key}.{k}", v, prov)
+        return
+    if isinstance(value, dict) and not value and any(p.startswith(key + ".") for p in leaves):
+        return
+    for p in [p for p in leaves if p.startswith(key + ".")]:
+        del leaves[p]
+    parts = key.split(".")
+    for i in range(1, len(parts)):  # a scalar in the way of the new key becomes a mapping
+        leaves.pop(".".join(parts[:i]), None)
+    leaves[key] = Leaf(value, prov)
+
+
+def _clash(current: Any, value: Any, at: str) -> str | None:
+    """Where OmegaConf's merge refuses ``value`` over ``current``: a list over a mapping or a mapping over a list."""
+    if isinstance(current, dict) and isinstance(value, list) or isinstance(current, list) and isinstance(value, dict):
+        return at
+    if isinstance(current, dict) and isinstance(value, dict):
+        for k, v in value.items():
+            if k in current and (hit := _clash(current[k], v, f"{at}.{k}")):
+                return hit
+    return None
+
+
+def _new_keys(current: dict, value: dict) -> list[str]:
+    """Keys of ``value`` that a merge would add to ``current`` (a struct config refuses them)."""
+    out = []
+    for k, v in value.items():
+        if k not in current:
+            out.append(str(k))
+        elif isinstance(v, dict) and v and isinstance(current[k], dict):
+            out += [f"{k}.{n}" for n in _new_keys(current[k], v)]
+    return out
+
+
 def apply_hydra(leaves: dict[str, Leaf], overrides: list[tuple[str, Provenance]], diags: Diagnostics) -> None:
+    """Hydra's command-line overrides, each parsed by Hydra's own grammar (sources/overrides.py) and applied as Hydra
+    1.3 applies them to the composed (struct) config (hydra/_internal/config_loader_impl.py
+    ``_apply_overrides_to_config``), on the flat tree so every value keeps its provenance. One difference: ``~key=v``
+    compares ``v`` with the value as written (Hydra compares it with the resolved value)."""
+    from .overrides import HYDRA_FORMS, parse_hydra_override
+
     for text, prov in overrides:
-        raw = text
-        if text.startswith("~"):
-            key = text[1:].split("=", 1)[0]
-            for p in [p for p in leaves if p == key or p.startswith(key + ".")]:
-                del leaves[p]
+        ov = parse_hydra_override(text, prov, diags)
+        if ov is None:
             continue
-        force = text.startswith("++")
-        add = text.startswith("+") and not force
-        text = text.lstrip("+")
-        if "=" not in text:
-            diags.error("NM120", f"invalid Hydra override {raw!r}", hint="key=value, +key=value, ++key=value or ~key", **prov.where())
-            continue
-        key, value = text.split("=", 1)
+        key, where = ov.key, prov.where()
+        current = _subtree(leaves, key)
         exists = key in leaves or any(p.startswith(key + ".") for p in leaves)
-        if not exists and not (add or force):
-            diags.error("NM231", f"Hydra override {raw!r}: key '{key}' is not in the config (Hydra: 'Could not override')",
-                        hint=(did_you_mean(key, leaves) or "") + f" use +{key}=... to add a key", **prov.where())
+        p_new = prov.model_copy(update={"detail": text})
+        if ov.op == "delete":
+            if current is None:
+                diags.error("NM231", f"Hydra override {text!r}: '{key}' does not exist (Hydra: 'Could not delete from "
+                            "config')", key=key, hint=(did_you_mean(key, leaves) or "") + f" {HYDRA_FORMS}", **where)
+            elif ov.has_value and ov.value != current:
+                diags.error("NM231", f"Hydra override {text!r}: the value of '{key}' is {current!r}, not {ov.value!r} "
+                            "(Hydra deletes only a matching value)", key=key, hint=f"~{key} deletes it whatever it holds",
+                            **where)
+            else:
+                gone = [p for p in leaves if p == key or p.startswith(key + ".")]
+                last = leaves[gone[0]].prov
+                for p in gone:
+                    del leaves[p]
+                parent = key.rpartition(".")[0]
+                if parent and not any(p.startswith(parent + ".") for p in leaves):
+                    leaves[parent] = Leaf({}, last)  # Hydra leaves the emptied mapping in place
             continue
-        if add and exists:
-            diags.error("NM231", f"Hydra override {raw!r}: '{key}' already exists (use ++ to override)", **prov.where())
+        if ov.op == "change" and not exists:
+            diags.error("NM231", f"Hydra override {text!r}: key '{key}' is not in the config (Hydra: 'Could not override')",
+                        hint=(did_you_mean(key, leaves) or "") + f" use +{text} to add a key", **where)
             continue
-        for p in [p for p in leaves if p.startswith(key + ".")]:
-            del leaves[p]
-        val = _hydra_value(value)
-        if isinstance(val, dict):
-            for p, lf in _flatten(val, lambda _p: prov, key).items():
-                leaves[p] = lf
-        else:
-            leaves[key] = Leaf(val, prov.model_copy(update={"detail": raw}))
+        if (hit := _clash(current, ov.value, key)) is not None:
+            kinds = ("a list", "mapping") if isinstance(ov.value, list) else ("a mapping", "list")
+            diags.error("NM231", f"Hydra override {text!r}: OmegaConf cannot merge {kinds[0]} into the {kinds[1]} at "
+                        f"'{hit}' (Hydra: 'Error merging override')", key=key,
+                        hint=f"delete it first (~{hit}) and add the new value (+{hit}=...)", **where)
+            continue
+        if ov.op == "change" and isinstance(ov.value, dict) and isinstance(current, dict) and _new_keys(current, ov.value):
+            diags.error("NM231", f"Hydra override {text!r}: '{key}.{_new_keys(current, ov.value)[0]}' is not in the config "
+                        "(Hydra: 'Could not override')", hint=f"use +{text} to add keys", **where)
+            continue
+        if ov.op == "add" and current is not None and not isinstance(ov.value, (dict, list)):
+            diags.error("NM231", f"Hydra override {text!r}: '{key}' already exists (use ++ to override)", **where)
+            continue
+        _merge_into(leaves, key, ov.value, p_new)
 
 
 def _shell_variables(leaves: dict[str, Leaf], diags: Diagnostics) -> None:
@@ -267,60 +331,152 @@ def _shell_variables(leaves: dict[str, Leaf], diags: Diagnostics) -> None:
                         hint=f"pass --set {path}=<value> to nemo-migrate, or set {name}=... in the launcher", **lf.prov.where())
 
 
+def _strings(v: Any):
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _strings(x)
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _strings(x)
+
+
+def _plain(v: Any, escape: bool = False) -> Any:
+    """``v`` as OmegaConf can hold it; ``escape``: every ``${`` made literal (``\\${``), so nothing in it resolves."""
+    if isinstance(v, str):
+        return v.replace("${", "\\${") if escape else v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, escape) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x, escape) for k, x in v.items()}
+    return v if v is None or isinstance(v, (bool, int, float)) else str(v)
+
+
 def resolve_interpolations(leaves: dict[str, Leaf], diags: Diagnostics, label: str) -> None:
-    """OmegaConf interpolations, resolved over the merged tree, keeping the referenced value's provenance."""
-    resolving: set[str] = set()
+    """OmegaConf interpolations, resolved by OmegaConf 2.3 itself (its grammar: ``${a.b}``, relative ``${.x}`` /
+    ``${..x}``, inside strings and lists, nested ``${a.${b}}``, escaped ``\\${x}``) over the merged tree. A value that
+    is one ``${key}`` keeps the provenance of the value it points at; any other keeps its own.
+    Resolvers (``${oc.env:HOME}``, ``${oc.decode:...}``, any ``${name:...}``) are never called: they depend on the machine
+    the job runs on (``oc.env`` would read *this* machine's environment). Such a value is kept as written, with a
+    warning (NM232); Automodel's loader resolves ``${oc.env:VAR}`` itself when the job runs."""
+    todo = [p for p, lf in leaves.items() if any("${" in t for t in _strings(lf.value))]
+    if not todo:
+        return
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as G
+    from omegaconf.grammar_parser import parse
+
+    held: set[str] = set()  # kept as written (a resolver, or not OmegaConf's grammar)
+    whole: dict[str, str] = {}  # path -> the key a value that is exactly one ${key} points at
+
+    def nodes(tree: Any, cls: type) -> list:
+        out = [tree] if isinstance(tree, cls) else []
+        for c in getattr(tree, "children", None) or []:
+            out += nodes(c, cls)
+        return out
+
+    for p in todo:
+        lf = leaves[p]
+        for text in (t for t in _strings(lf.value) if "${" in t):
+            try:
+                parsed = parse(text)
+            except OmegaConfBaseException as e:
+                diags.error("NM233", f"'{p}' holds {text!r}, which is not an OmegaConf interpolation "
+                            f"({_first_line(e)})", key=p, hint="write ${a.b} for the value of key a.b; \\${ for a literal ${",
+                            **lf.prov.where())
+                held.add(p)
+                break
+            names = [r.getText() for r in nodes(parsed, G.ResolverNameContext)]
+            if names:
+                diags.warning("NM232", f"'{p}' uses the resolver {names[0]!r} ({text!r}), which depends on the machine the "
+                              "job runs on; kept as text, not resolved here", key=p, **lf.prov.where())
+                held.add(p)
+                break
+            inter = nodes(parsed, G.InterpolationNodeContext)  # ${a.${b}} holds two
+            if isinstance(lf.value, str) and len(inter) == 1 and inter[0].getText() == text:
+                whole[p] = text[2:-1].strip()
+    tree: dict = {}
+    for path, lf in leaves.items():
+        *parents, last = path.split(".")
+        node = tree
+        for q in parents:
+            node = node.setdefault(q, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[last] = _plain(lf.value, escape=path in held)
+    try:
+        cfg = OmegaConf.create(tree)
+    except OmegaConfBaseException as e:  # pragma: no cover - every ${ string was parsed above
+        diags.error("NM233", f"the {label} config cannot be read by OmegaConf ({_first_line(e)})", file=label)
+        return
 
     def target_of(ref: str, at: str) -> str:
         if ref.startswith("."):
-            depth = len(ref) - len(ref.lstrip("."))
-            base = at.split(".")[:-depth]
+            ups = len(ref) - len(ref.lstrip("."))
+            base = at.split(".")[:-ups]
             return ".".join(base + [ref.lstrip(".")]) if ref.lstrip(".") else ".".join(base)
         return ref
 
-    def resolve(path: str) -> Leaf:
-        lf = leaves[path]
-        if not (isinstance(lf.value, str) and "${" in lf.value):
-            return lf
-        if path in resolving:
-            raise ValueError(f"interpolation cycle at '{path}'")
-        resolving.add(path)
+    # a value that is one ${key}: where its chain of such values ends, and how long the chain is (resolved shortest
+    # first and written back, so each lookup is one step however long the chain)
+    nxt = {p: t for p, ref in whole.items() if (t := target_of(ref, p)) in leaves}
+    end: dict[str, str] = {}
+    depth: dict[str, int] = {}
+    for p in todo:
+        chain, q = [], p
+        while q in nxt and q not in end and q not in chain:
+            chain.append(q)
+            q = nxt[q]
+        last, d0 = (end[q], depth[q]) if q in end else (q, 0)
+        for i, c in enumerate(reversed(chain)):
+            end[c], depth[c] = last, d0 + i + 1
+
+    def origin(path: str) -> Provenance:
+        """The provenance of the value at ``path``: that of the value a whole ``${key}`` points at, else its own."""
+        src = leaves[end.get(path, path)].prov
+        if end.get(path, path) == path or src.kind == "yaml":
+            return src
+        return src.model_copy(update={"detail": f"via ${{{whole[path]}}} at {path}"})
+
+    provs = {p: origin(p) for p in todo if p not in held}
+    for p in sorted(todo, key=lambda q: depth.get(q, 0)):
+        if p in held:
+            continue
+        lf = leaves[p]
         try:
-            text = lf.value
-            whole = _INTERP.fullmatch(text)
-            if whole:
-                ref = whole.group(1).strip()
-                if ref.startswith("oc.env:") or ":" in ref:
-                    diags.warning("NM232", f"'{path}' uses the resolver {ref!r}, which depends on the run-time environment; kept as text",
-                                  key=path, **lf.prov.where())
-                    return lf
-                tgt = target_of(ref, path)
-                if tgt not in leaves:
-                    raise KeyError(f"'{path}' refers to '{tgt}', which is not in the config")
-                src = resolve(tgt)
-                new = Leaf(src.value, src.prov.model_copy(update={"detail": f"via ${{{ref}}} at {path}"}) if src.prov.kind != "yaml" else src.prov)
-                leaves[path] = new
-                return new
+            value = OmegaConf.select(cfg, p, throw_on_missing=True)
+            if isinstance(value, (DictConfig, ListConfig)):
+                value = OmegaConf.to_container(value, resolve=True)
+            OmegaConf.update(cfg, p, _plain(value, escape=True), merge=False)  # resolved: later lookups stop here
+        except InterpolationToMissingValueError:
+            if p in whole:  # ${key} of a mandatory value: the value is still mandatory (NM230 reports it)
+                leaves[p] = Leaf(MANDATORY, provs[p])
+            else:
+                diags.error("NM233", f"cannot resolve an interpolation: '{p}' ({lf.value!r}) uses a mandatory value "
+                            "('???') that is not set", key=p, **lf.prov.where())
+            continue
+        except (OmegaConfBaseException, RecursionError) as e:
+            msg = _first_line(e) if not isinstance(e, RecursionError) else f"a chain of interpolations too long at '{p}'"
+            if "Recursive interpolation" in msg:
+                msg = f"interpolation cycle at '{p}'"
+            elif p in whole and target_of(whole[p], p) not in leaves:
+                msg = f"'{p}' refers to '{target_of(whole[p], p)}', which is not in the config ({msg})"
+            diags.error("NM233", f"cannot resolve an interpolation: {msg}", key=p, **lf.prov.where())
+            continue
+        if isinstance(value, dict) and value:  # ${key} of a whole mapping: its leaves, each with its provenance
+            tgt = target_of(whole.get(p, ""), p)
+            del leaves[p]
+            for sub, lf2 in _flatten(value, lambda q: leaves.get(f"{tgt}.{q[len(p) + 1:]}", lf).prov, p).items():
+                leaves[sub] = lf2
+            continue
+        leaves[p] = Leaf(value, provs[p])
 
-            def sub(m: re.Match) -> str:
-                ref = m.group(1).strip()
-                tgt = target_of(ref, path)
-                if tgt not in leaves:
-                    raise KeyError(f"'{path}' refers to '{tgt}', which is not in the config")
-                return str(resolve(tgt).value)
 
-            new = Leaf(_INTERP.sub(sub, text), lf.prov)
-            leaves[path] = new
-            return new
-        finally:
-            resolving.discard(path)
-
-    for p in list(leaves):
-        try:
-            resolve(p)
-        except (KeyError, ValueError) as e:
-            msg = e.args[0] if e.args else str(e)
-            diags.error("NM233", f"cannot resolve an interpolation: {msg}", key=p, **leaves[p].prov.where())
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 # ---------------------------------------------------------------------------------------------- lowering
