@@ -38,11 +38,54 @@ def _automodel_row(shape: str, path: Path, log: Path | None) -> dict:
     return row
 
 
+def ratios_of(rows: list[dict]) -> dict:
+    """ours/Automodel per shape and GPU count, FP8 over bf16, and 1 -> N GPU scaling efficiencies."""
+    def tps(system: str, shape: str, variant: str, gpus: int = 1) -> float | None:
+        for r in rows:
+            if r["system"].startswith(system) and r["shape"] == shape and r["variant"] == variant and r.get("gpus", 1) == gpus \
+                    and (r.get("exit", 0) == 0 or r.get("stopped_by_time_limit")):
+                return r.get("tokens_per_s_per_gpu")
+        return None
+
+    ratios = {}
+    for shape in sorted({r["shape"] for r in rows}):
+        rs = {}
+        for g in sorted({r.get("gpus", 1) for r in rows if r["shape"] == shape}):
+            sfx = "" if g == 1 else f"_x{g}"  # 1-GPU keys keep their earlier names
+            am = tps("Automodel", shape, "bf16", g)
+            ours = {r["variant"]: r["tokens_per_s_per_gpu"] for r in rows
+                    if r["system"] == "nemo-migrate runtime" and r["shape"] == shape and r.get("tokens_per_s_per_gpu")
+                    and r.get("gpus", 1) == g and (r.get("exit", 0) == 0 or r.get("stopped_by_time_limit"))}
+            best_bf16 = max((v for k, v in ours.items() if k.startswith("bf16")), default=None)
+            best_fp8 = max((v for k, v in ours.items() if k.startswith("fp8")), default=None)
+            if am:
+                rs.update({f"ours_{k}_vs_automodel_bf16{sfx}": round(v / am, 3) for k, v in ours.items()
+                           if k.startswith("bf16")})
+            if best_fp8 and ours.get("bf16"):
+                rs[f"best_fp8_vs_our_bf16_row{sfx}"] = round(best_fp8 / ours["bf16"], 3)
+            if best_fp8 and best_bf16:
+                rs[f"best_fp8_vs_our_fastest_bf16{sfx}"] = round(best_fp8 / best_bf16, 3)
+            if g > 1:  # scaling efficiency: tokens/s/GPU at g GPUs over 1 GPU, same system and variant
+                for v in ours:
+                    one = tps("nemo-migrate", shape, v, 1)
+                    if one and v.startswith("full-"):
+                        rs[f"full_ft_{g}gpu_scaling_efficiency"] = round(ours[v] / one, 3)
+                    elif one:
+                        rs[f"ours_{v}_{g}gpu_scaling_efficiency"] = round(ours[v] / one, 3)
+                am1 = tps("Automodel", shape, "bf16", 1)
+                if am and am1:
+                    rs[f"automodel_bf16_{g}gpu_scaling_efficiency"] = round(am / am1, 3)
+        if rs:
+            ratios[shape] = rs
+    return ratios
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", nargs="+", type=Path, required=True)
     ap.add_argument("--automodel", nargs="*", default=[])
     ap.add_argument("--automodel-log", nargs="*", default=[])
+    ap.add_argument("--automodel-env", type=Path, help="JSON {device, versions} of the Automodel runs' environment")
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -63,36 +106,16 @@ def main() -> int:
     for a in args.automodel:
         shape, path = a.split("=", 1)
         shutil.copy(path, raw / Path(path).name)
-        if shape in logs:
-            shutil.copy(logs[shape], raw / Path(logs[shape]).name)
-        rows.append(_automodel_row(shape, Path(path), Path(logs[shape]) if shape in logs else None))
+        log = Path(path).with_suffix(".full.log")  # automodel-TAG.json's own log first (several runs per shape)
+        log = log if log.is_file() else Path(logs[shape]) if shape in logs else None
+        if log is not None:
+            shutil.copy(log, raw / log.name)
+        row = _automodel_row(shape, Path(path), log)
+        if args.automodel_env and args.automodel_env.is_file() and args.automodel_env.stat().st_size:
+            row.update(json.loads(args.automodel_env.read_text()))
+        rows.append(row)
 
-    def tps(system: str, shape: str, variant: str, gpus: int = 1) -> float | None:
-        for r in rows:
-            if r["system"].startswith(system) and r["shape"] == shape and r["variant"] == variant and r.get("gpus", 1) == gpus \
-                    and r.get("exit", 0) == 0:
-                return r.get("tokens_per_s_per_gpu")
-        return None
-
-    ratios = {}
-    for shape in sorted({r["shape"] for r in rows}):
-        am = tps("Automodel", shape, "bf16")
-        ours = {r["variant"]: r["tokens_per_s_per_gpu"] for r in rows
-                if r["system"] == "nemo-migrate runtime" and r["shape"] == shape and r.get("tokens_per_s_per_gpu") and r.get("gpus", 1) == 1}
-        best_bf16 = max((v for k, v in ours.items() if k.startswith("bf16")), default=None)
-        best_fp8 = max((v for k, v in ours.items() if k.startswith("fp8")), default=None)
-        rs = {}
-        if am:
-            rs.update({f"ours_{k}_vs_automodel_bf16": round(v / am, 3) for k, v in ours.items() if k.startswith("bf16")})
-        if best_fp8 and ours.get("bf16"):
-            rs["best_fp8_vs_our_bf16_row"] = round(best_fp8 / ours["bf16"], 3)
-        if best_fp8 and best_bf16:
-            rs["best_fp8_vs_our_fastest_bf16"] = round(best_fp8 / best_bf16, 3)
-        full1, full2 = tps("nemo-migrate", shape, "full-bf16"), tps("nemo-migrate", shape, "full-bf16", 2)
-        if full1 and full2:
-            rs["full_ft_2gpu_scaling_efficiency"] = round(full2 / full1, 3)
-        if rs:
-            ratios[shape] = rs
+    ratios = ratios_of(rows)
     doc = {"benchmark": "runtime speed, Automodel 0.7.0 LoRA benchmark workload (seq 4096, local batch 2, GBS 32, "
                         "LoRA dim 16 alpha 32 dropout 0.1 on *_proj, AdamW, random-init Llama shapes)",
            "date": args.out.stem[:10], **meta, "peak_flops": PEAK,

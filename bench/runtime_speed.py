@@ -19,6 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,9 @@ VARIANTS = {
     "full-bf16": (False, False, False, True),
     "full-bf16-ac": (False, False, True, True),
 }
+# "-shard" variants: the same with the LoRA base FSDP2-sharded at 2+ GPUs (nemo_compat.frozen_base: shard, the path
+# before issue 18); the plain names leave the choice to the runtime (auto: replicated base on GPUs that hold it)
+VARIANTS.update({f"{k}-shard": v for k, v in list(VARIANTS.items()) if not k.startswith("full-")})
 
 
 def flops_per_token(cfg: dict, seq: int, lora: bool = True) -> float:
@@ -87,6 +91,8 @@ def config_for(shape_dir: Path, variant: str, seq: int, work: Path) -> dict:
                "peft": {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", "target_modules": "*_proj",
                         "dim": 16, "alpha": 32, "dropout": 0.1},
                "distributed": cfg["distributed"]}
+    if variant.endswith("-shard"):
+        cfg["nemo_compat"] = {"frozen_base": "shard"}
     if compile_:
         cfg["compile"] = {"enabled": True, "dynamic": False}
     if fp8:
@@ -137,6 +143,7 @@ def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out
         res["trainable_params"] = s.get("trainable_params")
     res["kernels"] = next((l.split("kernels: ", 1)[1] for l in log.splitlines() if "kernels: " in l), None)
     res["fp8_line"] = next((l for l in log.splitlines() if l.startswith("fp8:")), None)
+    res["frozen_base_line"] = next((l for l in log.splitlines() if "LoRA base" in l), None)
     return res
 
 
@@ -173,14 +180,24 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=540)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     ap.add_argument("--nproc", default="1", help="GPUs per run; a comma list runs each variant at each size")
+    ap.add_argument("--tag", default="", help="suffix of the output file name (several calls into one --out)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (bench/speed_h200x2.sh's time limit; the run in progress gets it too): record what was measured so far,
+    # run no further variant, write the JSON
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     results = []
     for v, n in [(v, int(n)) for v in args.variants.split(",") for n in args.nproc.split(",")]:
+        if stop:
+            break
         res = run_variant(args.shape, v, args.steps, args.warmup, args.seq, args.out, args.timeout, n)
-        if res["exit"] != 0 and "out of memory" in (res.get("error") or "").lower() and f"{v}-ac" in VARIANTS:
+        if stop:
+            res["stopped_by_time_limit"] = True  # its measured steps (if any) are still real steps
+        ac = v[:-6] + "-ac-shard" if v.endswith("-shard") else f"{v}-ac"
+        if res["exit"] != 0 and "out of memory" in (res.get("error") or "").lower() and ac in VARIANTS and not stop:
             results.append(res)  # recorded: this setting does not fit; the same with activation checkpointing
-            res = run_variant(args.shape, f"{v}-ac", args.steps, args.warmup, args.seq, args.out, args.timeout, n)
+            res = run_variant(args.shape, ac, args.steps, args.warmup, args.seq, args.out, args.timeout, n)
         results.append(res)
         print(json.dumps({k: res.get(k) for k in ("shape", "variant", "gpus", "exit", "tokens_per_s_per_gpu", "mfu_pct", "peak_mem_gib",
                                                   "step_time_s", "measured_steps", "trainable_params", "error")}), flush=True)
@@ -189,7 +206,7 @@ def main() -> int:
            "flop_formula": "3 x forward x 2/3 for LoRA (frozen weights get no weight grads), 3 x forward for full "
                            "fine-tuning; forward = 2 x matmul params + 4 x L x seq x H",
            "command": "python bench/runtime_speed.py " + " ".join(sys.argv[1:]), "results": results}
-    (args.out / f"runtime-speed-{args.shape}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / f"runtime-speed-{args.shape}{args.tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"{'variant':<18} {'tok/s/GPU':>10} {'MFU%':>6} {'mem GiB':>8} {'s/step':>7}")
     for r in results:
         print(f"{r['variant']:<18} {r.get('tokens_per_s_per_gpu', '-')!s:>10} {r.get('mfu_pct', '-')!s:>6} "

@@ -36,12 +36,13 @@ def fp8_filter(module: nn.Module, name: str, filter_fqns: list[str]) -> bool:
     return w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
 
 
-def torchao_config(spec):
+def torchao_config(spec, *, fsdp: bool = True):
+    """``fsdp=False``: the weights are never FSDP-sharded (replicated LoRA base), so no float8 all-gather."""
     _quiet_torchao()
     from torchao.float8 import Float8LinearConfig
 
     if spec.recipe_name in (None, "tensorwise"):
-        return Float8LinearConfig(enable_fsdp_float8_all_gather=spec.enable_fsdp_float8_all_gather,
+        return Float8LinearConfig(enable_fsdp_float8_all_gather=spec.enable_fsdp_float8_all_gather and fsdp,
                                   force_recompute_fp8_weight_in_bwd=spec.force_recompute_fp8_weight_in_bwd,
                                   emulate=spec.emulate)
     cfg = Float8LinearConfig.from_recipe_name(spec.recipe_name)
@@ -63,8 +64,12 @@ _FROZEN_CLS = None
 
 def _frozen_class():
     """Float8Linear for a frozen weight (LoRA base): torchao's backward always computes grad_weight (two casts and
-    a third GEMM per linear, then thrown away); here the backward computes grad_input only, and with one process
-    the frozen weight is cast to float8 once and kept (it never changes)."""
+    a third GEMM per linear, then thrown away); here the backward computes grad_input only, and where the weight
+    is whole on every rank (one process, or the replicated LoRA base) the frozen weight is cast to float8 once and
+    kept, in both layouts ``torch._scaled_mm`` wants (it never changes): W^T column-major for the forward and W
+    column-major for the input gradient, so no step casts or transposes a frozen weight again (torchao's mm would
+    copy a row-major second operand to column-major on every backward). The bf16 weight stays (state dicts, merged
+    export)."""
     global _FROZEN_CLS
     if _FROZEN_CLS is not None:
         return _FROZEN_CLS
@@ -102,14 +107,15 @@ def _frozen_class():
     class _FrozenMM(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, w_t, mm_config, config, cached):
+            w8_bwd = None
             if cached is not None:
-                w8 = cached
+                w8, w8_bwd = cached
             elif tensor_already_casted_to_fp8(w_t):  # FSDP2 float8 all-gather already produced it
                 w8 = w_t
             else:
                 w8 = cast(w_t, config.cast_config_weight.target_dtype, mm_config, GemmInputRole.WEIGHT)
             x8 = cast(x, config.cast_config_input.target_dtype, mm_config, GemmInputRole.INPUT)
-            ctx.w8, ctx.mm_config, ctx.config = w8, mm_config, config
+            ctx.w8, ctx.w8_bwd, ctx.mm_config, ctx.config = w8, w8_bwd, mm_config, config
             shape = x8.shape
             out = torch.mm(x8.reshape(-1, shape[-1]), w8)
             return out.reshape(*shape[:-1], out.shape[-1])
@@ -119,7 +125,7 @@ def _frozen_class():
             shape = grad_out.shape
             g8 = cast(grad_out.reshape(-1, shape[-1]), ctx.config.cast_config_grad_output.target_dtype, ctx.mm_config,
                       GemmInputRole.GRAD_OUTPUT)
-            gi = torch.mm(g8, ctx.w8.t())
+            gi = torch.mm(g8, ctx.w8.t() if ctx.w8_bwd is None else ctx.w8_bwd)
             return gi.reshape(*shape[:-1], gi.shape[-1]), None, None, None, None
 
     class FrozenFloat8Linear(Float8Linear):
@@ -134,14 +140,20 @@ def _frozen_class():
             if self.cache_weight and not tensor_already_casted_to_fp8(self.weight):
                 cached = self.__dict__.get("_w8")
                 if cached is None:
-                    with torch.no_grad():
-                        cached = cast(self.weight.t(), self.config.cast_config_weight.target_dtype, self.linear_mm_config,
-                                      GemmInputRole.WEIGHT)
-                    self.__dict__["_w8"] = cached
+                    cached = self.__dict__["_w8"] = self.cached_fp8_weight()
             out = _FrozenMM.apply(input, self.weight.t(), self.linear_mm_config, self.config, cached)
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype)
             return out
+
+        @torch.no_grad()
+        def cached_fp8_weight(self):
+            """(W^T for the forward, W for the input gradient): one float8 cast, both column-major, one scale."""
+            w8 = cast(self.weight.t(), self.config.cast_config_weight.target_dtype, self.linear_mm_config,
+                      GemmInputRole.WEIGHT)
+            w8_bwd = Float8TrainingTensor(w8._data.contiguous().t(), w8._scale, w8._orig_dtype,
+                                          linear_mm_config=self.linear_mm_config, gemm_input_role=GemmInputRole.WEIGHT)
+            return w8, w8_bwd
 
     FrozenFloat8Linear.tensorwise = ScalingGranularity.TENSORWISE
     FrozenFloat8Linear.fp8_cast = staticmethod(cast)
@@ -149,12 +161,15 @@ def _frozen_class():
     return _FROZEN_CLS
 
 
-def convert_fp8(model: nn.Module, spec, *, frozen_base: bool = False, single_process: bool = False) -> list[str]:
+def convert_fp8(model: nn.Module, spec, *, frozen_base: bool = False, single_process: bool = False,
+                replicated: bool = False) -> list[str]:
     """Swap eligible linears for Float8Linear in place; returns the converted FQNs.
 
     ``frozen_base`` (a LoRA run: the base weights never train): tensorwise linears use the grad-input-only
-    backward (FrozenFloat8Linear); ``single_process`` also keeps each weight's float8 copy between steps."""
-    cfg = torchao_config(spec)
+    backward (FrozenFloat8Linear); ``single_process`` or ``replicated`` (the weights are whole on every rank: the
+    replicated LoRA base, parallel.frozen_base_mode) also keeps each weight's float8 copies between steps;
+    ``replicated`` turns FSDP's float8 all-gather off (nothing is gathered)."""
+    cfg = torchao_config(spec, fsdp=not replicated)
     if not cfg.emulate and not has_fp8_hardware():
         raise RunError("FP8 needs an SM 8.9+ GPU (H100 or newer), or emulation", key="fp8.emulate", found=False,
                        hint="--set fp8.emulate=true for a (slow, numerically equivalent) emulated run, or "
@@ -176,7 +191,7 @@ def convert_fp8(model: nn.Module, spec, *, frozen_base: bool = False, single_pro
             m = mods[n]
             if type(m) is Float8Linear:
                 m.__class__ = cls
-                m.cache_weight = single_process
+                m.cache_weight = single_process or replicated
     return converted
 
 

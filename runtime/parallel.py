@@ -16,7 +16,21 @@ Mesh (FSDP2): ``(dp_replicate, dp_shard, tp)`` with ``dp = world / tp`` (cp = pp
    checkpoint, and before FSDP2, which wraps the layers.
 5. TP/SP: DTensor plans; after LoRA, so the adapters are sharded with their base (LoRA-aware styles).
 6. torch.compile, per decoder layer: after TP, so it traces the DTensor layers.
-7. FSDP2 (or DDP) last: it shards the final parameters, per decoder layer and then the root.
+7. FSDP2 (or DDP, or the replicated LoRA base) last: it shards the final parameters, per decoder layer and then the
+   root. The choice between sharding and replicating the frozen LoRA base is made before step 0
+   (``frozen_base_mode``), because FP8 (step 2) keeps a cached float8 weight only where the weight is whole.
+
+Replicated LoRA base (``frozen_base_mode``; ``nemo_compat.frozen_base: auto | replicate | shard``): under LoRA the
+frozen base gets no gradient and no optimizer state, so at N ranks it need not be sharded at all. With ``replicate``
+every rank keeps the whole base (no all-gather per layer, no reshard) and only the adapters are data-parallel:
+``ReplicatedGrads`` accumulates their gradients over the micro-batches in ``reduce_dtype`` (as FSDP2 does) and, at the
+end of the last micro-batch's backward, all-reduces them in one flat buffer (mean over the dp ranks, as FSDP2), then
+casts them back to the parameter dtype. ``auto`` replicates when all of: LoRA, ``strategy: fsdp2``, more than one
+rank, tp = 1, no HSDP (``dp_replicate_size`` 1), no CPU offload, ``reshard_after_forward`` not set, every parameter
+(base after step 0 and adapters) stored in ``param_dtype`` and ``output_dtype`` unset or equal to it (so the mixed
+precision policy's casts are no-ops, as for one GPU below), a CUDA device, and the base's bytes at most
+``REPLICATE_MAX_FRACTION`` of the device's memory. ``replicate`` skips only the device and memory tests (an error
+if another condition fails); ``shard`` always keeps FSDP2. The numerics are FSDP2's (tests/runtime/test_rt_replicate.py).
 
 FSDP2 on one process: a single process also gets a 1-rank mesh and keeps FSDP2, so its MixedPrecisionPolicy
 (0.7 default: bf16 compute, fp32 reduce) applies as on N ranks -- a ``float32`` model trains with bf16 compute on 1
@@ -320,6 +334,7 @@ class Parallelized:
     lora_info: Any  # lora.LoraInfo, or None for a full fine-tune
     liger: str | None  # the Liger kernels applied (None: not used)
     storage: torch.dtype  # the dtype the model was built in
+    frozen_base: str | None = None  # multi-rank FSDP2 LoRA: "replicate" or "shard" (frozen_base_mode), with why
 
 
 def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Callable[[str], None] = print,
@@ -333,9 +348,10 @@ def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Ca
 
     d = spec.dist
     storage = next(model.parameters()).dtype
-    # 0. trainability and storage
-    targets = None
+    # 0. trainability and storage (and whether a LoRA base is replicated or sharded: step 2 needs to know)
+    targets = ldt = None
     if spec.peft is not None:
+        ldt = torch_dtype(spec.peft.lora_dtype) or (torch.float32 if spec.compat.master_weights == "fp32" else storage)
         targets = lora_mod.find_targets(model, spec.peft)
         if not targets:
             sample = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:4]
@@ -348,6 +364,12 @@ def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Ca
             cast_params(model, frozen=torch_dtype(d.param_dtype))  # 0.7: frozen storage = compute
     elif spec.compat.master_weights == "fp32":
         cast_params(model, trainable=torch.float32)
+    replicate, why = frozen_base_mode(model, spec, env, lora_dtype=ldt)
+    fb = None
+    if spec.peft is not None and env.world_size > 1 and d.strategy == "fsdp2":
+        fb = f"{'replicate' if replicate else 'shard'} ({why})"
+        log(f"distributed: LoRA base {'replicated on every rank, adapters data-parallel' if replicate else 'sharded (FSDP2)'}"
+            f" ({why})")  # bench/runtime_speed.py records this line
     # 1. Liger kernels
     liger = apply_liger(model, spec.model, device=env.device, tp=d.tp, ignore_index=spec.loss_ignore_index,
                         compiled=bool(spec.compile.enabled or d.enable_compile))
@@ -355,7 +377,8 @@ def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Ca
         log(f"kernels: {liger}")
     # 2. FP8 (the frozen base linears)
     if spec.fp8 is not None:
-        converted = convert_fp8(model, spec.fp8, frozen_base=spec.peft is not None, single_process=env.world_size == 1)
+        converted = convert_fp8(model, spec.fp8, frozen_base=spec.peft is not None,
+                                single_process=env.world_size == 1, replicated=replicate)
         log(f"fp8: {len(converted)} linear(s) run in float8 ({spec.fp8.recipe_name or 'tensorwise'}"
             f"{', emulated' if spec.fp8.emulate else ''})" + (
                 "; LoRA adapters wrap the FP8 base linears and stay trainable" if spec.peft is not None else ""))
@@ -363,7 +386,6 @@ def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Ca
     lora_info = None
     if spec.peft is not None:
         p = spec.peft
-        ldt = torch_dtype(p.lora_dtype) or (torch.float32 if spec.compat.master_weights == "fp32" else storage)
         lora_info = lora_mod.apply_lora(model, p, targets=targets, tied_a=spec.compat.lora_tied_a, lora_dtype=ldt)
         initial_adapter(model, lora_info, spec.compat, run_dir=run_dir, is_main=env.is_main, log=log)
         tied = f", tied A in {len(lora_info.tied_groups)} group(s)" if lora_info.tied_groups else ""
@@ -382,13 +404,114 @@ def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Ca
     # 7. FSDP2 / DDP
     if d.strategy != "fsdp2":
         wrapped = apply_ddp(model, env, d)
+    elif replicate:
+        wrapped = ReplicatedGrads.attach(model, meshes.dp_group, reduce_dtype=torch_dtype(d.reduce_dtype))
     elif plain_on_one_gpu(model, d, env):
         wrapped = model
         log("note: one GPU with every parameter in the compute dtype: FSDP2 wrapping skipped (as Automodel 0.7 "
             "does on one rank); gradients accumulate in that dtype")
     else:
         wrapped = apply_fsdp(model, meshes, d)
-    return Parallelized(model=wrapped, inner=model, lora_info=lora_info, liger=liger, storage=storage)
+    return Parallelized(model=wrapped, inner=model, lora_info=lora_info, liger=liger, storage=storage, frozen_base=fb)
+
+
+REPLICATE_MAX_FRACTION = 0.3  # auto: replicate a LoRA base of at most this share of one device's memory
+
+
+def frozen_base_mode(model: nn.Module, spec, env: DistEnv, *, lora_dtype: torch.dtype | None) -> tuple[bool, str]:
+    """(replicate the frozen LoRA base?, why): the rule in the module docstring. Call after step 0's casts."""
+    d, want = spec.dist, spec.compat.frozen_base
+    if spec.peft is None or d.strategy != "fsdp2" or env.world_size == 1:
+        return False, "not a multi-rank FSDP2 LoRA run"
+    if want == "shard":
+        return False, "nemo_compat.frozen_base: shard"
+    pdt = None if d.param_dtype is None else getattr(torch, d.param_dtype)
+    base = [p for p in model.parameters()]
+    blockers = [msg for bad, msg in (
+        (d.tp > 1 or d.cp > 1, "tensor/context parallelism"),
+        (d.dp_replicate > 1, "HSDP (dp_replicate_size > 1) asked for"),
+        (d.offload, "CPU offload asked for"),
+        (d.reshard_after_forward is not None, "reshard_after_forward set"),
+        (pdt is None or lora_dtype != pdt or any(p.dtype != pdt for p in base),
+         "parameters not all stored in mp_policy.param_dtype"),
+        (d.output_dtype not in (None, d.param_dtype), "mp_policy.output_dtype differs from param_dtype"),
+    ) if bad]
+    if blockers:
+        if want == "replicate":
+            raise RunError(f"nemo_compat.frozen_base: replicate is not possible here: {'; '.join(blockers)}",
+                           key="nemo_compat.frozen_base", found=want, hint="remove it (auto) or set it to shard")
+        return False, blockers[0]
+    if want == "replicate":
+        return True, "nemo_compat.frozen_base: replicate"
+    if env.device.type != "cuda":
+        return False, "not a CUDA device (nemo_compat.frozen_base: replicate forces it)"
+    nbytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in base}.values())
+    mem = torch.cuda.get_device_properties(env.device).total_memory
+    if nbytes > REPLICATE_MAX_FRACTION * mem:
+        return False, (f"base {nbytes / 2**30:.1f} GiB > {REPLICATE_MAX_FRACTION:g} x {mem / 2**30:.0f} GiB device "
+                       "memory")
+    return True, f"base {nbytes / 2**30:.1f} GiB <= {REPLICATE_MAX_FRACTION:g} x {mem / 2**30:.0f} GiB device memory"
+
+
+class ReplicatedGrads:
+    """Data parallelism of the trainable parameters of a model whose frozen part is replicated (module docstring).
+
+    Gradients of every micro-batch are added into one flat ``reduce_dtype`` buffer (a post-accumulate-grad hook;
+    the parameter's own ``.grad`` is then dropped); at the end of a backward with gradient sync on, that buffer is
+    all-reduced once (sum / world size: FSDP2's mean) and written back as each parameter's ``.grad`` in its own dtype.
+    The model itself stays the module the loop calls (same parameter names); ``set_requires_gradient_sync`` is
+    attached to it, the switch the loop already uses for FSDP2."""
+
+    def __init__(self, model: nn.Module, group, reduce_dtype: torch.dtype | None):
+        self.params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+        self.group, self.world = group, dist.get_world_size(group)
+        dt = reduce_dtype or (self.params[0].dtype if self.params else torch.float32)
+        dev = self.params[0].device if self.params else torch.device("cpu")
+        self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=dt, device=dev)
+        self.views, off = {}, 0
+        for p in self.params:
+            self.views[p] = self.flat[off:off + p.numel()].view_as(p)
+            off += p.numel()
+        self.sync, self._queued = True, False
+        with torch.no_grad():  # every rank starts from rank 0's adapters (the base was built identically)
+            for p in self.params:
+                dist.broadcast(p.data, src=dist.get_global_rank(group, 0), group=group)
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(self._on_grad)
+
+    @classmethod
+    def attach(cls, model: nn.Module, group, *, reduce_dtype: torch.dtype | None) -> nn.Module:
+        rg = cls(model, group, reduce_dtype)
+        model.set_requires_gradient_sync = rg.set_requires_gradient_sync  # what the loop's _sync_ctx calls
+        model.__dict__["_nm_replicated_grads"] = rg
+        return model
+
+    def set_requires_gradient_sync(self, flag: bool) -> None:
+        self.sync = bool(flag)
+
+    @torch.no_grad()
+    def _on_grad(self, p: torch.Tensor) -> None:
+        self.views[p].add_(p.grad)
+        p.grad = None
+        if not self._queued:
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+
+    @torch.no_grad()
+    def _end_of_backward(self) -> None:
+        self._queued = False
+        if not self.sync:
+            return
+        if self.world > 1:
+            dist.all_reduce(self.flat, group=self.group)
+            self.flat.div_(self.world)
+        for p in self.params:
+            p.grad = self.views[p].to(p.dtype, copy=True)
+        self.flat.zero_()
+
+
+def is_replicated(model: nn.Module) -> bool:
+    return "_nm_replicated_grads" in model.__dict__
 
 
 def plain_on_one_gpu(model: nn.Module, dspec, env: DistEnv) -> bool:

@@ -97,6 +97,7 @@ def fingerprint(spec, *, lr_scheduler=None, data_digests: list[str] | None = Non
     c.pop("init_adapter", None)  # where LoRA started; a resumed run continues from the checkpoint's weights
     c.pop("save_init_adapter", None)
     c.pop("lr_values", None)  # in the effective schedule
+    c.pop("frozen_base", None)  # replicated vs sharded LoRA base: the same training (tests/runtime/test_rt_replicate.py)
     _flat("nemo_compat", c, fp)
     return json.loads(json.dumps(fp, default=str))
 

@@ -60,3 +60,54 @@ def test_llama_1b_proxy_lora_throughput_smoke(cfg_factory, tmp_path):
     assert run(cfg_factory("1b.yaml", mutate=f), tmp_path / "r", max_steps=3, proxy="llama-1b") == 0
     m = metrics(tmp_path / "r")
     assert m[-1]["tokens_per_s"] > 0 and m[-1]["peak_mem_gib"] > 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_replicated_lora_base_equals_fsdp2_on_two_gpus(cfg_factory, tmp_path, capfd):
+    """Issue 18: at 2 GPUs the frozen LoRA base is replicated (auto) and trains what FSDP2 sharding trains."""
+    def f(mode):
+        def m(c):
+            _bf16(c)
+            c["nemo_compat"] = {"frozen_base": mode}
+        return m
+
+    assert run(cfg_factory("shard.yaml", mutate=f("shard")), tmp_path / "s", max_steps=3, nproc=2) == 0
+    capfd.readouterr()
+    assert run(cfg_factory("auto.yaml", mutate=f("auto")), tmp_path / "a", max_steps=3, nproc=2) == 0
+    assert "LoRA base replicated on every rank" in capfd.readouterr().out
+    for x, y in zip(metrics(tmp_path / "s"), metrics(tmp_path / "a")):
+        assert x["loss"] == pytest.approx(y["loss"], rel=2e-3)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9), reason="real FP8 needs SM 8.9+")
+def test_cached_fp8_weight_equals_uncached_float8linear_on_gpu():
+    """The cached float8 weight (both layouts) gives torchao's uncached Float8Linear's output and input gradient."""
+    from types import SimpleNamespace
+
+    from nemo_migrate.runtime.fp8 import convert_fp8
+
+    spec = SimpleNamespace(recipe_name="tensorwise", enable_fsdp_float8_all_gather=False,
+                           force_recompute_fp8_weight_in_bwd=False, emulate=False, filter_fqns=[])
+
+    def model():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(2048, 4096, bias=False), torch.nn.Linear(4096, 1024, bias=False))
+        m = m.to("cuda", torch.bfloat16)
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
+    ref, fast = model(), model()
+    convert_fp8(ref, spec)
+    convert_fp8(fast, spec, frozen_base=True, replicated=True)
+    for _ in range(2):
+        x1 = torch.randn(4, 512, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        x2 = x1.detach().clone().requires_grad_(True)
+        y1, y2 = ref(x1), fast(x2)
+        assert torch.equal(y1, y2)
+        g = torch.randn_like(y1)
+        y1.backward(g)
+        y2.backward(g)
+        assert ((x1.grad.float() - x2.grad.float()).norm() / x1.grad.float().norm()).item() < 1e-3
+    assert "_w8" in fast[0].__dict__
