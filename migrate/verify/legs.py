@@ -285,7 +285,7 @@ class LegRunner:
     def _progress(self) -> Progress:
         return self.progress or Progress(0, self.log)
 
-    def _key(self, cfg: dict) -> str:
+    def key(self, cfg: dict) -> str:
         return effective_key(cfg, steps=self.steps, nproc=self.nproc, model_path=self.model_path, proxy_model=self.proxy_model, memo=self.memo)
 
     def _write(self, name: str, cfg: dict) -> Path:
@@ -303,7 +303,7 @@ class LegRunner:
         return prev.leg.model_copy(update={"name": name, "config": str(leg_dir / "config.yaml"), "seconds": 0.0, "reused_from": prev.label})
 
     def run(self, name: str, cfg: dict) -> LegRun:
-        key = self._key(cfg)
+        key = self.key(cfg)
         if key in self.done:
             return self._reuse(name, cfg, self.done[key])
         label = self.prefix + name
@@ -343,7 +343,7 @@ class LegRunner:
         """Independent legs, ``jobs`` at a time; a leg whose config is the same as another's runs once."""
         firsts: dict[str, str] = {}
         for name, cfg in todo.items():
-            key = self._key(cfg)
+            key = self.key(cfg)
             if key not in self.done:
                 firsts.setdefault(key, name)
         fresh = {n: todo[n] for n in firsts.values()}

@@ -205,17 +205,6 @@ def _verify_variant(v: Variant, s: _Setup, vdir: Path, plan: list[str], progress
     base = migrated_config(s.migrated, s.env, init)
     common = dict(variant=v.name or v.label, config=v.output, notes=s.notes, admitted_approximations=s.admitted,
                   unflagged_differences=s.unflagged)
-    try:
-        legs["migrated"] = runner.run("migrated", base)
-    except VerifyError as e:  # the migrated config does not run: that is the finding
-        progress.total -= len(plan) - 2
-        progress.say(f"{prefix}migrated does not run: the {len(plan) - 2} other leg(s) of {v.name or v.label} are not trained")
-        res = VariantResult(**common, verdict="fail", exact_rows_envelope="beyond", migrated_vs_reference="the migrated config does not run",
-                            rejected=str(e), checks=Checks(tokenization=s.parity, lr=s.lr, trainable_parameters={}), comparisons={},
-                            attribution=[], legs={"reference": legs["reference"].report()}, plot=None)
-        _note_reused(res, legs)
-        res.write(vdir / "verify-report.json")
-        return res
     # attribution: each measured difference removed alone (when there is more than one), then every admitted one
     names, measured = _measured(s)
     todo = {f"migrated-without-{n}": without(base, s.reference, [n]) for n in measured} if len(measured) > 1 or s.unflagged else {}
@@ -227,7 +216,31 @@ def _verify_variant(v: Variant, s: _Setup, vdir: Path, plan: list[str], progress
         dropout0 = json.loads(json.dumps(base))
         dropout0["peft"]["dropout"] = 0.0
         todo["migrated-dropout0"] = dropout0
-    legs.update(runner.run_all(todo))
+    # with --jobs > 1 the migrated leg runs together with the attribution legs (all they share is the initial adapter,
+    # written by the reference leg); one at a time, the migrated leg goes first and the others only if it runs
+    together = opts.jobs > 1 and bool(todo)
+    try:
+        if together:
+            legs.update(runner.run_all({"migrated": base, **todo}))
+        else:
+            legs["migrated"] = runner.run("migrated", base)
+    except VerifyError as e:  # the migrated config does not run: that is the finding (another leg's failure is not)
+        rec = runner.done.get(runner.key(base))
+        if rec is None or rec.error is None:
+            raise
+        e = rec.error
+        if not together:
+            progress.total -= len(plan) - 2
+        progress.say(f"{prefix}migrated does not run: the {len(plan) - 2} other leg(s) of {v.name or v.label} are not "
+                     + ("compared" if together else "trained"))
+        res = VariantResult(**common, verdict="fail", exact_rows_envelope="beyond", migrated_vs_reference="the migrated config does not run",
+                            rejected=str(e), checks=Checks(tokenization=s.parity, lr=s.lr, trainable_parameters={}), comparisons={},
+                            attribution=[], legs={"reference": legs["reference"].report()}, plot=None)
+        _note_reused(res, legs)
+        res.write(vdir / "verify-report.json")
+        return res
+    if not together:
+        legs.update(runner.run_all(todo))
     against = None
     if opts.against == "automodel":
         from .automodel import against_automodel
