@@ -1,5 +1,6 @@
 #!/bin/bash
-# Issue 18 side by side, one device call on 2 x H200 (kind nvidia-h200-x2; carry [".anchor"]), under 9 minutes:
+# Issue 18 side by side, one device call on 2 x H200 (kind nvidia-h200-x2; carry [".anchor"]), under 9 minutes
+# (NG=4 on nvidia-h200-x4 for issue 20: the multi-GPU rows at 4 GPUs):
 #   the runtime (bench/runtime_speed.py) and Automodel 0.7.0's own benchmark recipe (.anchor, copied from
 #   ../shared/bench/automodel-anchor with its wheels under .anchor/whl), Automodel's LoRA benchmark workload.
 #   bash bench/speed_h200x2.sh            # writes $OUT/<date>-h200x2.json (bench/record.py), raw/, logs/
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 A=$(cd "${A:-.anchor}" && pwd)
 BUDGET=${BUDGET:-500}
+NG=${NG:-2}   # GPUs of the multi-GPU rows (4 on nvidia-h200-x4: issue 20)
 S1B=${S1B:-llama1b} S8B=${S8B:-llama8b} SEQ=${SEQ:-4096}
 T0=$(date +%s)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # NVLink multicast stays off
@@ -91,13 +93,13 @@ echo "$(date +%T) start; budget ${BUDGET}s"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/logs/gpus.txt" 2>&1
 am_setup &   # wheel install overlaps the first run (CPU only)
 SETUP=$!
-ours   l1b-x2      $S1B bf16         2 10 110 70
+ours   l1b-x$NG      $S1B bf16 $NG 10 110 70
 wait $SETUP
-automodel l1b-x2   $S1B 2 120 60
-ours   l8b-x2      $S8B bf16         2 8 130 90
-automodel l8b-x2   $S8B 2 ${AM8_WANT:-130} 80   # AM8_WANT: its limit (Automodel builds the 8B for minutes)
-ours   l8b-fp8c-x2 $S8B fp8-compile  2 8 150 110
-ours   l8b-bf16c-x2 $S8B bf16-compile 2 8 140 100
+automodel l1b-x$NG   $S1B $NG 120 60
+ours   l8b-x$NG      $S8B bf16 $NG 8 130 90
+automodel l8b-x$NG   $S8B $NG ${AM8_WANT:-130} 80 # AM8_WANT: its limit (Automodel builds the 8B for minutes)
+ours   l8b-fp8c-x$NG $S8B fp8-compile $NG 8 150 110
+ours   l8b-bf16c-x$NG $S8B bf16-compile $NG 8 140 100
 if fits "1gpu-pair" 100 70; then   # two 1-GPU runs side by side, one per GPU
   ours l1b-x1 $S1B bf16 1 10 "$LIM" 60 0 &
   P1=$!
@@ -105,9 +107,9 @@ if fits "1gpu-pair" 100 70; then   # two 1-GPU runs side by side, one per GPU
   wait $P1
   note "1-GPU 1B rows: ours on GPU 0 and Automodel on GPU 1 ran at the same time"
 fi
-ours   l1b-shard-x2 $S1B bf16-shard  2 10 100 60
+ours   l1b-shard-x$NG $S1B bf16-shard $NG 10 100 60
 
-RES=$(date +%F)-h200x2   # copy $OUT/$RES.json and $OUT/raw/$RES/ into bench/results/
+RES=$(date +%F)-h200x$NG   # copy $OUT/$RES.json and $OUT/raw/$RES/ into bench/results/
 # merge (bench/record.py computes ours/Automodel per GPU count and the 1 -> 2 GPU scaling efficiencies)
 AMS=()
 for f in "$OUT"/am/automodel-*.json; do
