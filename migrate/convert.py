@@ -28,7 +28,7 @@ from .diagnostics import Diagnostics, MigrateError
 from .ir import STATUSES, KnobOutcome, LaunchPlan, Node, TargetValue
 from .resolve import Inputs, Job, resolve
 from .sources.overrides import override_key
-from .sources.launch import Launch, looks_like_launcher, notebook_launch, parse_run_sh, variant_of
+from .sources.launch import Launch, looks_like_launcher, notebook_launch, parse_run_sh, sbatch_node, variant_of
 from .sources.recipe_py import RecipeModule, parse_recipe_py
 
 
@@ -347,6 +347,11 @@ def _convert(opts: Options, diags: Diagnostics, release: str) -> Conversion:
         vd = Diagnostics()
         try:
             job = resolve(inp, vd, module=module)
+            allocation = sbatch_node(inp.launch.sbatch) if inp.launch is not None and "executor" not in job.tree.fields else None
+            if allocation is not None:  # an sbatch script launches the job: its #SBATCH header is the allocation (LCH007-LCH009)
+                given = job.tree.fields.get("sbatch")  # --set sbatch.<option>=... wins over the header
+                allocation.fields.update(given.fields if isinstance(given, Node) else {})
+                job.tree.fields["sbatch"] = allocation
             targets, outcomes, notes, ctx = rules.apply(job, vd)
         except MigrateError:
             diags.extend(vd.items)
@@ -389,7 +394,7 @@ def _convert(opts: Options, diags: Diagnostics, release: str) -> Conversion:
         diags.extend(e.diags.items)
         raise MigrateError(diags) from None
     files["migration-report.md"] = _report(variants, diags, _source_label(opts, inputs, launch),
-                                           release if any(_nemo2(v.job) for v in variants) else None)
+                                           release if any(_nemo2(v.job) for v in variants) else None, sbatch="sbatch.sh" in files)
     srcs = [p for inp in inputs for p, _ in inp.yamls] + ([inputs[0].recipe] if inputs and inputs[0].recipe else [])
     if launch is not None:
         srcs.append(base / launch.file)
@@ -468,6 +473,7 @@ def _sbatch_sh(variants: list[Variant], launch: Launch | None, slurm: LaunchPlan
         "nodes": max(v.nnodes for v in variants),
         "gpus_per_node": slurm.gpus_per_node or max(v.nproc for v in variants),
         "sbatch": slurm.sbatch_lines(),
+        "default_output": not any(flag == "output" for flag, _ in slurm.sbatch_lines()),  # the job's own --output wins
         "image": slurm.image, "mounts": slurm.mounts, "srun_args": slurm.srun_args,
         "where": _script_where(variants),
     })
@@ -478,7 +484,7 @@ def _nemo2(job: Job) -> bool:
     return not isinstance(job.tree.get("nemo1"), Node)
 
 
-def _report(variants: list[Variant], diags: Diagnostics, source: str, release: str | None = None) -> str:
+def _report(variants: list[Variant], diags: Diagnostics, source: str, release: str | None = None, sbatch: bool = False) -> str:
     pre: list[str] = []
     warns: list[str] = []
     for v in variants:
@@ -504,6 +510,7 @@ def _report(variants: list[Variant], diags: Diagnostics, source: str, release: s
             for v in variants
         ],
         "pre_steps": pre,
+        "sbatch": sbatch,
         "warnings": warns,
         "diagnostics": [d.render().replace("\n", " ") for d in diags.sorted() if d.severity != "note"],
         "release_note": f" Read as NeMo {release} (`--nemo-version`: NeMo 2.0-2.7 differ in recipes, defaults and what they "

@@ -378,6 +378,11 @@ _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.:,=+/@%-]+$")
 _SBATCH_FLAG = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
+def sbatch_plain(value: str) -> bool:
+    """Whether ``value`` can be written after ``#SBATCH --flag=`` as it is (sbatch reads directives unquoted)."""
+    return bool(_SBATCH_VALUE.match(value))
+
+
 def sbatch_value(value: str | int) -> Sh:
     """A #SBATCH flag or value: sbatch reads directives without shell quoting, so only plain characters pass."""
     s = str(value)

@@ -207,7 +207,7 @@ class LaunchPlan(BaseModel):
     image: str | None = None  # container image (pyxis --container-image)
     mounts: list[str] = Field(default_factory=list)  # --container-mounts
     srun_args: list[str] = Field(default_factory=list)
-    sbatch: list[tuple[str, str | None]] = Field(default_factory=list)  # further #SBATCH --flag[=value] lines, in order
+    sbatch: list[tuple[str, str | None]] = Field(default_factory=list)  # further #SBATCH --flag[=value] lines, in order (an own --output replaces %x_%j.out)
     env: list[tuple[str, str]] = Field(default_factory=list)  # exported before torchrun (the executor's env_vars)
     origin: dict[str, TargetValue] = Field(default_factory=dict)  # field -> the rule that wrote it, its bucket and sources
     where: dict[str, Provenance] = Field(default_factory=dict)  # NeMo key -> where the value came from
@@ -228,6 +228,7 @@ class LaunchPlan(BaseModel):
         return "sbatch.sh" if self.executor == "slurm" else "run.sh"
 
     def sbatch_lines(self) -> list[tuple[str, str | None]]:
-        """The extra #SBATCH directives in order: --cpus-per-task (LCH002), then the executor options (LCH004)."""
+        """The extra #SBATCH directives in order: --cpus-per-task (LCH002 / LCH007), then the executor options (LCH004)
+        or the source sbatch script's own #SBATCH options (LCH007), in its order."""
         head = [("cpus-per-task", str(self.cpus_per_task))] if self.cpus_per_task is not None else []
         return head + list(self.sbatch)

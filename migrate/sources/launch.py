@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Collection
 
 from ..diagnostics import Diagnostics
-from ..ir import Provenance
+from ..ir import Knob, Node, Provenance
 from . import nemo1 as _nemo1
 from .overrides import override_key, parse_override
 from .yaml_source import Override
@@ -246,6 +246,15 @@ class Candidate:
         return text if len(text) <= 70 else text[:67] + "..."
 
 
+@dataclass(frozen=True)
+class SbatchOption:
+    """One option of an #SBATCH header line: its long name (``-t`` -> ``time``), its value (None for a flag) and where."""
+
+    name: str
+    value: str | None
+    prov: Provenance
+
+
 @dataclass
 class Launch:
     file: str
@@ -273,6 +282,7 @@ class Launch:
     unresolved: list[tuple[str, Provenance]] = field(default_factory=list)  # variables not known before the job runs
     export: tuple[str, str] | None = None  # NeMo-Run --to-yaml/--to-toml/--to-json: (fmt, path)
     run_args: list[tuple[str, Provenance]] = field(default_factory=list)  # NeMo-Run run.executor=... (not the job)
+    sbatch: list[SbatchOption] = field(default_factory=list)  # the script's #SBATCH header, in order (an sbatch script)
 
     def yaml_pattern(self) -> str | None:
         """``config-${1}.yaml`` -> ``config-{}.yaml`` (None when there is no positional parameter)."""
@@ -306,7 +316,10 @@ def parse_shell_text(text: str, display: str, diags: Diagnostics, *, first_line:
     ``launch_line``: the line of the command to migrate when the script runs several.
     """
     cands = scan_shell_text(text, display, diags, first_line=first_line, is_recipe=is_recipe, base=base)
-    return pick_launch(cands, display, diags, set_keys=set_keys, launch_line=launch_line)
+    launch = pick_launch(cands, display, diags, set_keys=set_keys, launch_line=launch_line)
+    if launch is not None:
+        launch.sbatch = sbatch_header(text, display, first_line)
+    return launch
 
 
 def scan_shell_text(text: str, display: str, diags: Diagnostics, *, first_line: int = 1, is_recipe: Predicate | None = None,
@@ -399,6 +412,63 @@ def variant_of(pattern: str, filename: str) -> str | None:
     if filename.startswith(pre) and filename.endswith(post) and len(filename) > len(pre) + len(post):
         return filename[len(pre): len(filename) - len(post)]
     return None
+
+
+# sbatch(1)'s one-letter options, and its long options that take no value (any other takes the next word when no '=')
+_SBATCH_SHORT = {"A": "account", "p": "partition", "N": "nodes", "t": "time", "J": "job-name", "n": "ntasks",
+                 "c": "cpus-per-task", "G": "gpus", "o": "output", "e": "error", "C": "constraint", "q": "qos",
+                 "D": "chdir", "d": "dependency", "a": "array", "w": "nodelist", "x": "exclude", "s": "oversubscribe",
+                 "m": "distribution", "i": "input", "k": "no-kill", "H": "hold", "O": "overcommit", "W": "wait",
+                 "L": "licenses", "S": "core-spec", "M": "clusters", "Q": "quiet", "v": "verbose", "B": "extra-node-info",
+                 "F": "nodefile", "b": "begin", "I": "immediate", "h": "help", "V": "version", "u": "usage"}
+_SBATCH_FLAGS = {"exclusive", "overcommit", "requeue", "no-requeue", "hold", "contiguous", "quiet", "verbose", "wait",
+                 "test-only", "use-min-nodes", "spread-job", "oversubscribe", "parsable", "ignore-pbs", "reboot",
+                 "no-kill", "get-user-env", "kill-on-invalid-dep", "help", "usage", "version", "immediate"}
+
+
+def sbatch_header(text: str, display: str, first_line: int = 1) -> list[SbatchOption]:
+    """The #SBATCH options of a script's header (read until the first command, as sbatch does), each with its line;
+    ``--output %x.out`` and ``-t 4:00:00`` as ``--output=%x.out`` and ``--time=4:00:00``; '#' ends a directive."""
+    opts: list[SbatchOption] = []
+    for i, raw in enumerate(text.splitlines()):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            break
+        m = re.match(r"#SBATCH\s+(.*)", line)
+        if not m:
+            continue
+        try:
+            toks = shlex.split(m.group(1), comments=True)
+        except ValueError:
+            toks = m.group(1).split()
+        prov = Provenance(kind="launch", file=display, line=first_line + i, detail=line[:200])
+        k = 0
+        while k < len(toks):
+            t, k = toks[k], k + 1
+            if t.startswith("--"):
+                name, eq, val = t[2:].partition("=")
+                value: str | None = val if eq else None
+            elif t.startswith("-") and len(t) > 1:
+                name, value = _SBATCH_SHORT.get(t[1], t[1]), (t[2:] or None)
+            else:  # a word no option takes (`-A <<YOUR ACCOUNT>>`): part of the value before it
+                if opts and opts[-1].prov.line == prov.line and opts[-1].value is not None:
+                    opts[-1] = replace(opts[-1], value=f"{opts[-1].value} {t}")
+                continue
+            if value is None and name not in _SBATCH_FLAGS:  # an option that takes a value: the next word, else none given
+                value, k = (toks[k], k + 1) if k < len(toks) and not toks[k].startswith("-") else ("", k)
+            opts.append(SbatchOption(name, value, prov))
+    return opts
+
+
+def sbatch_node(opts: list[SbatchOption]) -> Node | None:
+    """The #SBATCH header as the job's ``sbatch`` node (``sbatch.time`` = '01:00:00' at job.slurm:7; a flag is True;
+    a repeated option: the last one, as sbatch reads it), for the LCH rows to carry into sbatch.sh."""
+    if not opts:
+        return None
+    node = Node(cls="sbatch", prov=opts[0].prov)
+    for o in opts:
+        node.fields[o.name.replace("-", "_")] = Knob(value=True if o.value is None else o.value, prov=o.prov)
+    return node
 
 
 def _sbatch_env(text: str, display: str, first_line: int) -> dict[str, "_Var"]:

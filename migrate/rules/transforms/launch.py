@@ -1,9 +1,12 @@
-"""Launch rows (PAR008, LCH*): how many processes on how many nodes, and the NeMo-Run executor as run.sh / sbatch.sh facts."""
+"""Launch rows (PAR008, LCH*): how many processes on how many nodes, and the NeMo-Run executor or an sbatch script's #SBATCH header as run.sh / sbatch.sh facts."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from ... import fsio
+from ...emit import sbatch_plain
 from ..context import Ctx, Registry, Result, nemo_default
 
 transform = Registry()
@@ -124,4 +127,79 @@ def executor_slurm_options(ctx: Ctx) -> Result | None:
             skipped.append(key)
     if skipped:
         return Result("unsupported", f"computed at run time, so not in sbatch.sh: {', '.join(skipped)}")
+    return None
+
+
+# ---------------------------------------------------------------- an sbatch script's #SBATCH header (LCH007-LCH009)
+
+def _gres_gpus(gres: str) -> int | None:
+    """The GPU count of a --gres value (``gpu:a100:4`` -> 4), None when it names no GPU count."""
+    counts = [int(n) for n in re.findall(r"(?:^|,)gpu(?::[^:,]+)?:(\d+)(?=,|$)", gres)]
+    return sum(counts) if counts else None
+
+
+def _header_knobs(ctx: Ctx) -> list[str]:
+    """The #SBATCH options this row owns, in the script's order."""
+    paths = [p for p in ctx.owned_by(ctx.rule.id) if p != "sbatch._target_"] if ctx.rule else []
+    return sorted(paths, key=lambda p: (ctx.k(p).prov.line or 0, p))
+
+
+@transform
+def sbatch_header(ctx: Ctx) -> Result | None:
+    """The allocation and bookkeeping options of an sbatch script's #SBATCH header, carried into sbatch.sh as written."""
+    if ctx.v("executor._target_") is not None:  # recipe.py's NeMo-Run executor decides the launch (LCH002-LCH006)
+        return Result("unsupported", "the job launches on a NeMo-Run executor, whose settings sbatch.sh follows; set these there")
+    ctx.set("launch.executor", "slurm", "sbatch._target_")
+    sbatch: list[tuple[str, str | None]] = []
+    froms: list[str] = []
+    for path in _header_knobs(ctx):
+        kn, field = ctx.k(path), path.removeprefix("sbatch.")
+        value, where, flag = kn.value, kn.prov, field.replace("_", "-")
+        if field == "job_name":
+            ctx.set("launch.job_name", str(value), path)
+        elif field == "cpus_per_task" and str(value).isdigit():
+            ctx.set("launch.cpus_per_task", int(value), path)
+        elif value in ("", None):
+            ctx.note("info", f"#SBATCH --{flag} is empty at {where}: sbatch.sh leaves it out (the cluster's default); set it there if the cluster needs one")
+        elif value is not True and not sbatch_plain(str(value)):
+            ctx.note("warning", f"#SBATCH --{flag}={fsio.shown(str(value))} ({where}) is left out of sbatch.sh: not a plain #SBATCH value (NM611)")
+            ctx.diags.warning("NM611", f"#SBATCH --{flag}={fsio.shown(str(value))} is left out of sbatch.sh: sbatch reads directives unquoted, "
+                              "so only plain values can be written", key=path, **where.where(),
+                              hint=f"fill in the value (a placeholder?) with plain characters, or add #SBATCH --{flag}=... to sbatch.sh by hand")
+        else:
+            sbatch.append((flag, None if value is True else str(value)))
+            froms.append(path)
+    gres = ctx.v("sbatch.gres")
+    if gres is not None and _gres_gpus(str(gres)) in (None, int(ctx.v("trainer.devices", 1))) and sbatch_plain(str(gres)):
+        sbatch.append(("gres", str(gres)))
+        froms.append("sbatch.gres")
+    ctx.set("launch.sbatch", sbatch, "sbatch._target_", *froms)
+    return None
+
+
+@transform
+def sbatch_size(ctx: Ctx) -> Result | None:
+    """The header's size options: sbatch.sh asks for what the job trains on (one task per node, whose torchrun starts a
+    process per GPU); what says otherwise is left out, with why in the report."""
+    devices, num_nodes = int(ctx.v("trainer.devices", 1)), int(ctx.v("trainer.num_nodes", 1))
+    odd: list[str] = []
+    for path in _header_knobs(ctx):
+        kn, field = ctx.k(path), path.removeprefix("sbatch.")
+        said = f"#SBATCH --{field.replace('_', '-')}={kn.value} ({kn.prov})"
+        if field == "nodes":
+            if str(kn.value) != str(num_nodes):
+                odd.append(f"{said} but trainer.num_nodes={num_nodes}")
+        elif field == "gpus_per_node":
+            if str(kn.value) != str(devices):
+                odd.append(f"{said} but trainer.devices={devices}")
+        elif field == "gres":
+            n = _gres_gpus(str(kn.value))
+            if n is not None and n != devices:
+                ctx.note("info", f"{said} is left out of sbatch.sh: it asks for {n} GPUs per node, the job trains on {devices} (--gpus-per-node={devices})")
+        elif field in ("ntasks_per_node", "ntasks", "gpus_per_task"):
+            ctx.note("info", f"{said} is left out of sbatch.sh: it starts one task per node (--ntasks-per-node=1), whose torchrun starts {devices} processes")
+        else:  # gpus (-G): a total
+            ctx.note("info", f"{said} is left out of sbatch.sh: it asks --gpus-per-node={devices} on each of its {num_nodes} node(s)")
+    if odd:
+        return Result("approximate", f"{'; '.join(odd)}: sbatch.sh follows the trainer ({num_nodes} node(s) x {devices} GPUs), since Lightning refuses a mismatch")
     return None
