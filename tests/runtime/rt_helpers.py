@@ -116,3 +116,17 @@ def has_automodel() -> bool:
     except Exception:  # noqa: BLE001
         return False
     return True
+
+
+def forward_backward_pair(ref, fast, shape, **kw):
+    """One forward and backward of ``ref`` and ``fast`` on the same random input and output gradient:
+    ``(y_ref, y_fast, x_ref.grad, x_fast.grad)``, for tests that compare two implementations of a layer."""
+    import torch
+
+    x1 = torch.randn(*shape, requires_grad=True, **kw)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = ref(x1), fast(x2)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    return y1, y2, x1.grad, x2.grad

@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from rt_helpers import forward_backward_pair
+
 pytest.importorskip("torchao")
 
 from nemo_migrate.runtime.fp8 import convert_fp8  # noqa: E402
@@ -60,14 +62,8 @@ def test_cached_equals_torchaos_float8linear(mode):
     convert_fp8(fast, _spec(), frozen_base=True, **mode)
     assert fast[0].cache_weight
     for _ in range(3):
-        x1 = torch.randn(3, 8, 64, requires_grad=True)
-        x2 = x1.detach().clone().requires_grad_(True)
-        y1, y2 = ref(x1), fast(x2)
-        assert torch.equal(y1, y2)
-        g = torch.randn_like(y1)
-        y1.backward(g)
-        y2.backward(g)
-        assert torch.equal(x1.grad, x2.grad)
+        y1, y2, g1, g2 = forward_backward_pair(ref, fast, (3, 8, 64))
+        assert torch.equal(y1, y2) and torch.equal(g1, g2)
 
 
 def test_replicated_base_has_no_fsdp_float8_all_gather():

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from rt_helpers import forward_backward_pair
+
 pytest.importorskip("torchao")
 
 from nemo_migrate.runtime.fp8 import convert_fp8  # noqa: E402
@@ -28,14 +30,8 @@ def test_frozen_fp8_linear_matches_torchao(cache):
     convert_fp8(fast, spec, frozen_base=True, single_process=cache)
     assert type(fast[0]).__name__ == "FrozenFloat8Linear" and type(ref[0]).__name__ == "Float8Linear"
     for _ in range(2):  # the second pass uses the cached float8 weight when cache=True
-        x1 = torch.randn(4, 16, 64, requires_grad=True)
-        x2 = x1.detach().clone().requires_grad_(True)
-        y1, y2 = ref(x1), fast(x2)
-        assert torch.equal(y1, y2)
-        g = torch.randn_like(y1)
-        y1.backward(g)
-        y2.backward(g)
-        assert torch.equal(x1.grad, x2.grad)
+        y1, y2, g1, g2 = forward_backward_pair(ref, fast, (4, 16, 64))
+        assert torch.equal(y1, y2) and torch.equal(g1, g2)
     assert all(p.grad is None for p in fast.parameters())
 
 
