@@ -186,20 +186,14 @@ def test_verify_fp8_attributes_fp8_and_runs_legs_in_parallel(tmp_path):
 def test_with_jobs_a_migrated_config_that_does_not_run_is_still_the_finding(tmp_path):
     """--jobs > 1 trains the migrated leg together with the attribution legs: when the migrated config does not run,
     the verdict is still 'fail, the migrated config does not run' (not a crash, not another leg's error)."""
-    job, data = _job(tmp_path)
     conv = tmp_path / "converted"
-    subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(job / "config-fp16.yaml"), "--recipe", str(job / "recipe.py"),
-                    "--factory", "migration_recipe()", "-o", str(conv), "-q"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "convert", str(SEED), "-o", str(conv), "-q"], check=True, capture_output=True)
     import yaml
 
     doc = yaml.safe_load((conv / "config-fp16.yaml").read_text())
     doc["peft"]["target_modules"] = ["*.no_such_projection"]
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(doc))
-    out = tmp_path / "verify"
-    r = subprocess.run([sys.executable, "-m", "nemo_migrate.cli", "run", "--verify", str(job / "config-fp16.yaml"), "--recipe", str(job / "recipe.py"),
-                        "--factory", "migration_recipe()", "--proxy-model", "tiny", "--steps", "2", "--data", str(data),
-                        "--seq-length", "64", "--out", str(out), "--migrated", str(tmp_path / "broken.yaml"), "--jobs", "3"],
-                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)
+    r, out = _verify(tmp_path, "--migrated", str(tmp_path / "broken.yaml"), "--jobs", "3")
     assert r.returncode == 2, r.stdout + r.stderr
     v = json.loads((out / "verify-report.json").read_text())["variants"][0]
     assert v["verdict"] == "fail" and v["migrated_vs_reference"] == "the migrated config does not run"
