@@ -280,3 +280,8 @@ def save_proxy(proxy: str, name: str, tokenizer, out_dir: Path, *, seed: int, at
         raise RunError(f"{out_dir} already exists", hint="remove it or pick another --out")
     tmp.rename(out_dir)
     return out_dir
+
+
+def model_types() -> list[str]:
+    """The HF model types of the proxy families (their modeling modules are what a long-lived process preloads)."""
+    return list(dict.fromkeys(t for _, t in _FAMILIES))

@@ -128,6 +128,11 @@ def test_verify_seed_job_on_cpu(tmp_path):
     assert sum("its result is reused" in x for x in err) == n
     assert not any("nemo_migrate.cli" in x or "--stop-after" in x for x in r.stderr.splitlines() + r.stdout.splitlines())
     assert "--stop-after" in (out / "verify.log").read_text()  # the command lines are in the log
+    # every leg ran in one long-lived runtime process (started once), and the time is accounted for
+    assert [p.name for p in (out / "legservers").iterdir()] == ["legserver-1.log"]
+    t = rep["timing"]
+    assert (t["legs_trained"], t["legs_reused"], t["runtime_processes"]) == (n, n, 1) and t["total_s"] >= t["legs_s"]
+    assert any(x.startswith(f"time: {t['total_s']} s in all") for x in err)
 
 
 def test_verify_data_that_cannot_be_used_is_named(tmp_path):

@@ -1,9 +1,11 @@
 """Building and running the legs of ``run --verify``.
 
-Every leg is the bundled runtime (``nemo-migrate run``) in its own process on a config written here: the reference
+Every leg is the bundled runtime (``nemo-migrate run``) on a config written here: the reference
 leg (reference.py), the migrated leg (the emitted Automodel YAML with this machine's data, tokenizer and process
 count), and the attribution legs: the migrated leg with one admitted approximation removed, i.e. with the keys that
-express it taken from the reference leg's config (``APPROXIMATIONS``).
+express it taken from the reference leg's config (``APPROXIMATIONS``).  One-process legs run in long-lived runtime
+processes (``LegServers``, runtime/legserver.py: process start, imports and CUDA init are paid once, not per leg);
+legs of several processes are each their own ``nemo-migrate run`` under torchrun.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import queue
 import shlex
 import subprocess
 import sys
@@ -259,6 +262,134 @@ def effective_key(cfg: dict, *, steps: int, nproc: int, model_path: Path | None,
     return json.dumps({"steps": steps, "config": _by_content(eff, memo)}, sort_keys=True, default=str)
 
 
+class LegServers:
+    """Up to ``size`` long-lived ``python -m nemo_migrate.runtime.legserver`` processes, each running one-process legs
+    one after another (a leg's output goes to its own output.txt).  A server whose leg failed, or that died, is not
+    used again; the next leg starts a fresh one.  What a server printed outside its legs is in ``logdir``."""
+
+    def __init__(self, size: int, logdir: Path):
+        self.size, self.logdir = max(1, size), logdir
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._live = 0
+        self._n = 0
+        self._all: list[subprocess.Popen] = []
+        self.start_seconds: list[float] = []  # each server's start (imports, model modules) until it was ready
+
+    def _start(self) -> subprocess.Popen:
+        with self._lock:
+            self._n += 1
+            n = self._n
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        with (self.logdir / f"legserver-{n}.log").open("w") as err:
+            # servers side by side share the CPU cores (as torchrun's workers do), not each take them all
+            env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // self.size)), **os.environ, "PYTHONUNBUFFERED": "1"}
+            p = subprocess.Popen([sys.executable, "-m", "nemo_migrate.runtime.legserver"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        p.log = self.logdir / f"legserver-{n}.log"  # type: ignore[attr-defined]
+        p.ready = False  # type: ignore[attr-defined]
+        self._all.append(p)
+        return p
+
+    def prewarm(self) -> None:
+        """Start one server now: its imports and CUDA init overlap with what verify does before the first leg."""
+        with self._lock:
+            if self._live >= self.size:
+                return
+            self._live += 1
+        self._idle.put(self._start())
+
+    def _acquire(self) -> subprocess.Popen:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            start = self._live < self.size
+            if start:
+                self._live += 1
+        return self._start() if start else self._idle.get()
+
+    def _drop(self, p: subprocess.Popen) -> None:
+        try:
+            if p.stdin:
+                p.stdin.close()
+        except OSError:
+            pass
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        with self._lock:
+            self._live -= 1
+
+    def _reply(self, p: subprocess.Popen) -> dict | None:
+        assert p.stdout is not None
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                return None
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(msg, dict):
+                return msg
+
+    def run(self, req: dict) -> tuple[int, str]:
+        """Run one leg; returns (exit code, what to say about a server that died while running it)."""
+        while True:
+            p = self._acquire()
+            msg = self._send(p, req) if p.poll() is None else None
+            if msg is not None and msg.get("accepted"):
+                break
+            self._drop(p)  # ended before it took the leg (killed while idle, or it did not start): not this leg's doing
+            if not p.ready:  # type: ignore[attr-defined]
+                return (p.returncode or 1), f"the runtime process did not start (exit {p.returncode}); see {p.log}"  # type: ignore[attr-defined]
+        msg = self._reply(p)
+        if msg is None or "rc" not in msg:
+            self._drop(p)
+            return (p.returncode or 1), f"the runtime process running it ended (exit {p.returncode})"
+        if msg.get("last") or p.poll() is not None:
+            self._drop(p)  # a failed leg (or one that loaded a model family new to it) ends its server
+        else:
+            self._idle.put(p)
+        return int(msg["rc"]), ""
+
+    def _send(self, p: subprocess.Popen, req: dict) -> dict | None:
+        try:
+            if not p.ready:  # type: ignore[attr-defined]
+                ready = self._reply(p)
+                if ready is None:
+                    return None
+                p.ready = True  # type: ignore[attr-defined]
+                self.start_seconds.append(float(ready.get("seconds", 0.0)))
+            assert p.stdin is not None
+            p.stdin.write(json.dumps(req) + "\n")
+            p.stdin.flush()
+            return self._reply(p)
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        for p in self._all:
+            if p.poll() is None:
+                try:
+                    if p.stdin:
+                        p.stdin.close()
+                except OSError:
+                    pass
+        for p in self._all:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+
+
 @dataclass
 class _Done:
     label: str
@@ -281,6 +412,7 @@ class LegRunner:
     prefix: str = ""  # the variant's name in progress lines ("fp8/") when there are several
     done: dict[str, _Done] = field(default_factory=dict)
     memo: dict[str, str] = field(default_factory=dict)
+    servers: LegServers | None = None  # one-process legs run there (else each leg is its own process)
 
     def _progress(self) -> Progress:
         return self.progress or Progress(0, self.log)
@@ -329,11 +461,22 @@ class LegRunner:
             cmd += ["--proxy-model", self.proxy_model]
         self._progress().record(f"    {label}: nemo-migrate {' '.join(shlex.quote(c) for c in cmd[3:])}")
         t0 = time.time()
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        (leg_dir / "output.txt").write_text(r.stdout + r.stderr)
-        if r.returncode != 0:
-            tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-8:])
-            raise VerifyError(f"leg '{label}' failed (exit {r.returncode}); its output is in {leg_dir / 'output.txt'}:\n{tail}")
+        if self.servers is not None and self.nproc == 1:
+            rc, died = self.servers.run({"config": str(leg_dir / "config.yaml"), "out": str(leg_dir / "run"), "log": str(leg_dir / "output.txt"),
+                                         "stop_after": self.steps, "model_path": str(self.model_path) if self.model_path else None,
+                                         "proxy_model": None if self.model_path else self.proxy_model})
+            try:
+                text = (leg_dir / "output.txt").read_text(errors="replace")
+            except OSError:
+                text = ""
+            text += f"\n{died}" if died else ""
+        else:
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            rc, text = r.returncode, r.stdout + r.stderr
+            (leg_dir / "output.txt").write_text(text)
+        if rc != 0:
+            tail = "\n".join(text.strip().splitlines()[-8:])
+            raise VerifyError(f"leg '{label}' failed (exit {rc}); its output is in {leg_dir / 'output.txt'}:\n{tail}")
         metrics = [json.loads(x) for x in (leg_dir / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
         sp = leg_dir / "run" / "summary.json"
         return LegRun(name=name, dir=str(leg_dir), config=str(leg_dir / "config.yaml"), command=cmd[2:], seconds=round(time.time() - t0, 1),

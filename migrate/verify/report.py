@@ -265,6 +265,7 @@ class VerifyReport(Model):
     device: str
     versions: dict[str, str]
     variants: list[VariantResult]
+    timing: Optional[dict[str, Any]] = None  # where the wall time went (seconds)
 
     @property
     def exit_code(self) -> int:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ..convert import Options, Variant, convert
 from .checks import lr_check, tokenization_parity
-from .legs import APPROXIMATIONS, LegRunner, Progress, VerifyError, data_files, environment, migrated_config, read_jsonl, without, yaml_load
+from .legs import APPROXIMATIONS, LegRunner, LegServers, Progress, VerifyError, data_files, environment, migrated_config, read_jsonl, without, yaml_load
 from .reference import nemo_lr_values, nemo_tokenize, reference_config, seed, seq_length, sft_settings
 from .report import (EXACT, Attribution, Checks, Comparison, LegRun, LRCheck, TokenizationParity, VariantResult, VerifyReport, device, plot,
                      versions)
@@ -47,13 +49,51 @@ def run_verify(opts: VerifyOptions, log: Callable[[str], Any] = print) -> tuple[
         why = unavailable()
         if why:
             raise VerifyError(f"--against automodel: {why}")
+    t0 = time.time()
     conv = convert(Options(source=opts.source, recipe=opts.recipe, factory=opts.factory, sets=list(opts.sets)))
     out = Path(opts.out or "verify")
     out.mkdir(parents=True, exist_ok=True)
-    report = VerifyReport(tool="nemo-migrate run --verify", source=str(opts.source), steps=opts.steps,
-                          command=" ".join(shlex.quote(a) for a in sys.argv) if sys.argv else None, device=device(),
-                          versions=versions(), variants=[])
-    several = len(conv.variants) > 1
+    # one-process legs run in long-lived runtime processes, the first started now (its imports overlap the checks)
+    # (NEMO_MIGRATE_VERIFY_PROCESS_PER_LEG=1: every leg its own `nemo-migrate run` process, as before)
+    shared = opts.nproc_per_node == 1 and os.environ.get("NEMO_MIGRATE_VERIFY_PROCESS_PER_LEG", "") in ("", "0")
+    servers = LegServers(opts.jobs, out / "legservers") if shared else None
+    try:
+        if servers is not None:
+            servers.prewarm()
+        report = VerifyReport(tool="nemo-migrate run --verify", source=str(opts.source), steps=opts.steps,
+                              command=" ".join(shlex.quote(a) for a in sys.argv) if sys.argv else None, device=device(),
+                              versions=versions(), variants=[])
+        progress = _verify_all(conv, opts, out, report, len(conv.variants) > 1, servers, log)
+    finally:
+        if servers is not None:
+            servers.close()
+    report.timing = _timing(t0, progress, report, servers)
+    t = report.timing
+    starts = t.get("runtime_process_start_s")
+    progress.say(f"time: {t['total_s']} s in all: checks before the first leg {t['checks_s']} s; {t['legs_trained']} leg(s) trained "
+                 f"({t['legs_reused']} reused) in {t['legs_s']} s by {t['runtime_processes']} runtime process(es)"
+                 + (f" (each started in {', '.join(map(str, starts))} s: imports, paid once)" if starts else ""))
+    report.write(out / "verify-report.json")
+    return report.exit_code, report
+
+
+def _timing(t0: float, progress: Progress, report: VerifyReport, servers: LegServers | None) -> dict[str, Any]:
+    """Where the wall time went: the checks before the first leg (convert, tokenizer, NeMo's tokenization), the
+    runtime processes' start (imports, CUDA init; the first overlaps the checks), the legs, and all of it."""
+    legs = [leg for v in report.variants for leg in v.legs.values()]
+    out: dict[str, Any] = {"total_s": round(time.time() - t0, 1), "checks_s": round(progress.t0 - t0, 1),
+                           "legs_s": round(time.time() - progress.t0, 1),
+                           "legs_trained": sum(1 for leg in legs if not getattr(leg, "reused_from", None)),
+                           "legs_reused": sum(1 for leg in legs if getattr(leg, "reused_from", None))}
+    if servers is not None:
+        out["runtime_processes"] = len(servers.start_seconds)
+        out["runtime_process_start_s"] = servers.start_seconds
+    else:
+        out["runtime_processes"] = out["legs_trained"]
+    return out
+
+
+def _verify_all(conv, opts: VerifyOptions, out: Path, report: VerifyReport, several: bool, servers: LegServers | None, log) -> Progress:
     planned = []  # every variant's checks first (they are quick and find bad data before any leg trains)
     for v in conv.variants:
         vdir = out / (v.name or v.label) if several else out
@@ -64,9 +104,8 @@ def run_verify(opts: VerifyOptions, log: Callable[[str], Any] = print) -> tuple[
     progress = Progress(sum(len(p) for *_, p in planned), log, out / "verify.log")
     done: dict = {}  # legs run so far, by effective runtime config: the same leg of another variant is not run again
     for v, vdir, s, plan in planned:
-        report.variants.append(_verify_variant(v, s, vdir, plan, progress, done, f"{v.name or v.label}/" if several else "", log))
-    report.write(out / "verify-report.json")
-    return report.exit_code, report
+        report.variants.append(_verify_variant(v, s, vdir, plan, progress, done, f"{v.name or v.label}/" if several else "", log, servers))
+    return progress
 
 
 def _migrated_yaml(v: Variant, opts: VerifyOptions) -> dict:
@@ -195,10 +234,12 @@ def _plan(s: _Setup) -> list[str]:
     return legs
 
 
-def _verify_variant(v: Variant, s: _Setup, vdir: Path, plan: list[str], progress: Progress, done: dict, prefix: str, log) -> VariantResult:
+def _verify_variant(v: Variant, s: _Setup, vdir: Path, plan: list[str], progress: Progress, done: dict, prefix: str, log,
+                    servers: LegServers | None = None) -> VariantResult:
     opts = s.opts
     runner = LegRunner(work=vdir / "legs", steps=opts.steps, nproc=opts.nproc_per_node, model_path=opts.model_path,
-                       proxy_model=opts.proxy_model, log=log, jobs=opts.jobs, progress=progress, prefix=prefix, done=done)
+                       proxy_model=opts.proxy_model, log=log, jobs=opts.jobs, progress=progress, prefix=prefix, done=done,
+                       servers=servers)
     legs = {"reference": runner.run("reference", {**s.reference, "nemo_compat": {**s.reference["nemo_compat"], "save_init_adapter": True}})}
     init = Path(legs["reference"].dir) / "run" / "initial_adapter.safetensors"
     init = init if init.is_file() else None
