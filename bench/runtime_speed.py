@@ -141,7 +141,7 @@ def run_variant(shape: str, variant: str, steps: int, warmup: int, seq: int, out
     if summ.is_file():
         s = json.loads(summ.read_text())
         res["trainable_params"] = s.get("trainable_params")
-    res["kernels"] = next((l.split("kernels: ", 1)[1] for l in log.splitlines() if "kernels: " in l), None)
+    res["kernels"] = "; ".join(l.split("kernels: ", 1)[1] for l in log.splitlines() if "kernels: " in l) or None
     res["fp8_line"] = next((l for l in log.splitlines() if l.startswith("fp8:")), None)
     res["frozen_base_line"] = next((l for l in log.splitlines() if "LoRA base" in l), None)
     return res
