@@ -8,8 +8,7 @@ Mesh (FSDP2): ``(dp_replicate, dp_shard, tp)`` with ``dp = world / tp`` (cp = pp
 0. trainability and storage: LoRA freezes the base, whose storage becomes the FSDP2 compute dtype (0.7); a full
    fine-tune with ``nemo_compat.master_weights: fp32`` keeps fp32 weights. The LoRA targets are found here, on the
    plain ``nn.Linear`` modules. First, because every later step copies or wraps the weights.
-1. Liger kernels: patch the HF modules' forwards while they are still the plain HF modules; SDPA attention on
-   cuDNN's fused kernel on Hopper and newer (``kernels.use_cudnn_attention``).
+1. Liger kernels: patch the HF modules' forwards while they are still the plain HF modules.
 2. FP8: the frozen base ``nn.Linear`` become torchao ``Float8Linear``. Before LoRA, so the adapters wrap the FP8
    linear (0.7.0 swaps after LoRA, and the swap drops every adapter).
 3. LoRA: adapters on the targets (their init draws from the RNG: the caller's unranked seed), the initial adapter.
@@ -345,7 +344,7 @@ def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Ca
     from . import lora as lora_mod
     from .config import torch_dtype
     from .fp8 import convert_fp8
-    from .kernels import apply_liger, use_cudnn_attention
+    from .kernels import apply_liger
 
     d = spec.dist
     storage = next(model.parameters()).dtype
@@ -376,9 +375,6 @@ def parallelize(model: nn.Module, spec, meshes: Meshes, *, env: DistEnv, log: Ca
                         compiled=bool(spec.compile.enabled or d.enable_compile))
     if liger:
         log(f"kernels: {liger}")
-    attn = use_cudnn_attention(model, spec.model, device=env.device)
-    if attn:
-        log(f"kernels: {attn}")
     # 2. FP8 (the frozen base linears)
     if spec.fp8 is not None:
         converted = convert_fp8(model, spec.fp8, frozen_base=spec.peft is not None,
