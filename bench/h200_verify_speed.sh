@@ -3,7 +3,7 @@
 # nemo_migrate wheel): run --verify wall time with legs in one long-lived runtime process (tiny proxy, 10 steps, and
 # the Llama-3.2-1B proxy, 20 steps), and 8B LoRA on one GPU (bf16, bf16-compile).  OUT must be set; RUNS picks a
 # subset (default: all, in this order); BUDGET (s, default 560) skips what no longer fits:
-#   RUNS=tests,verify-tiny,verify-1b,l8b,l8b-compile OUT=/tmp/o bash bench/h200_verify_attention.sh
+#   RUNS=tests,verify-tiny,verify-1b,l8b,l8b-compile OUT=/tmp/o bash bench/h200_verify_speed.sh
 # (The cuDNN-attention comparison of bench/results/2026-11-30-h200-verify.json ran this script at commit 9ce3901,
 # RUNS=l8b,l8b-torch, where the runtime had that path.)
 set -u
