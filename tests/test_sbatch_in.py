@@ -118,6 +118,10 @@ def test_hostile_header_values_stay_inert(tmp_path):
     assert left == [("NM610", None), ("NM611", 3), ("NM611", 4), ("NM611", 7)]  # partition, account, output; the name
     assert [d for d in conv.diags.items if d.code == "NM410" and "sbatch.comment" in d.message]
     assert "#SBATCH --account=<<YOUR ACCOUNT>> (job.slurm:4) is left out of sbatch.sh" in conv.files["migration-report.md"]
+    # what is left out is reported as dropped, knob by knob; what sbatch.sh carries stays exact
+    st = {o.path: o.status for o in conv.variants[0].outcomes if o.path.startswith("sbatch.")}
+    assert {p: st[p] for p in ("sbatch.partition", "sbatch.account", "sbatch.output", "sbatch.time")} == {
+        "sbatch.partition": "dropped", "sbatch.account": "dropped", "sbatch.output": "dropped", "sbatch.time": "exact"}
     script = tmp_path / "out" / "sbatch.sh"
     script.parent.mkdir()
     script.write_text(text)

@@ -68,6 +68,7 @@ class Ctx:
     pinned: list[str] = field(default_factory=list)
     launch: LaunchPlan = field(default_factory=LaunchPlan)
     launched: list[str] = field(default_factory=list)  # the launch fields the current row wrote
+    settled: dict[str, tuple[str, str]] = field(default_factory=dict)  # one knob of the row settled otherwise: (status, reason)
     facts: dict[str, Any] = field(default_factory=dict)  # per-job facts transforms compute once (the model: model_info)
 
     def owned_by(self, rule_id: str) -> list[str]:
@@ -152,6 +153,12 @@ class Ctx:
         self._declared(path)
         for p in [t for t in self.targets if t == path or t.startswith(path + ".")]:
             del self.targets[p]
+
+    def settle(self, path: str, status: str, reason: str) -> None:
+        """This one knob of the current row gets ``status`` and ``reason`` in the report, not the row's (e.g. one
+        #SBATCH option of the header that could not be carried over)."""
+        assert self.rule is not None and path in self.owned_by(self.rule.id), path
+        self.settled[path] = (status, reason)
 
     def note(self, kind: str, text: str) -> None:
         assert self.rule is not None

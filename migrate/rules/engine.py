@@ -75,7 +75,7 @@ def apply(job: JobView, diags: Diagnostics) -> tuple[dict[str, TargetValue], lis
         if not mine and not rule.always:
             continue
         ctx.rule = rule
-        ctx.written, ctx.pinned, ctx.launched = [], [], []
+        ctx.written, ctx.pinned, ctx.launched, ctx.settled = [], [], [], {}
         res: Result | None = None
         if rule.id in fns:
             res = fns[rule.id](ctx)
@@ -93,10 +93,14 @@ def apply(job: JobView, diags: Diagnostics) -> tuple[dict[str, TargetValue], lis
                 ctx.targets[p] = ctx.targets[p].model_copy(update={"status": status})
         for name in ctx.launched:
             ctx.launch.origin[name] = ctx.launch.origin[name].model_copy(update={"status": status})
+        for s in {st for st, _ in ctx.settled.values()} - set(STATUSES):
+            raise RuleBug(f"rule {rule.id}: status {s!r}")
         for path in mine:
             kn = knobs[path]
-            outcomes.append(KnobOutcome(path=path, value=plain(kn.value), prov=kn.prov, rule=rule.id, status=status,
-                                        targets=sorted(set(ctx.written) | set(ctx.pinned)), reason=reason))
+            own_status, own_reason = ctx.settled.get(path, (status, reason))
+            outcomes.append(KnobOutcome(path=path, value=plain(kn.value), prov=kn.prov, rule=rule.id, status=own_status,
+                                        targets=[] if path in ctx.settled else sorted(set(ctx.written) | set(ctx.pinned)),
+                                        reason=own_reason))
             if rule.id == "ROOT002":
                 diags.warning("NM400", f"no rule maps '{path}' ({kn.prov}); it is not migrated", key=path, **kn.prov.where())
         unsup = [p for p in mine if status == "unsupported"]

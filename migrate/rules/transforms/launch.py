@@ -163,6 +163,8 @@ def sbatch_header(ctx: Ctx) -> Result | None:
             ctx.note("info", f"#SBATCH --{flag} is empty at {where}: sbatch.sh leaves it out (the cluster's default); set it there if the cluster needs one")
         elif value is not True and not sbatch_plain(str(value)):
             ctx.note("warning", f"#SBATCH --{flag}={fsio.shown(str(value))} ({where}) is left out of sbatch.sh: not a plain #SBATCH value (NM611)")
+            ctx.settle(path, "dropped", "left out of sbatch.sh: not a plain #SBATCH value (sbatch reads directives unquoted); "
+                                        "add it to sbatch.sh by hand if the cluster needs it (NM611)")
             ctx.diags.warning("NM611", f"#SBATCH --{flag}={fsio.shown(str(value))} is left out of sbatch.sh: sbatch reads directives unquoted, "
                               "so only plain values can be written", key=path, **where.where(),
                               hint=f"fill in the value (a placeholder?) with plain characters, or add #SBATCH --{flag}=... to sbatch.sh by hand")
