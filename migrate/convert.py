@@ -28,7 +28,7 @@ from .diagnostics import Diagnostics, MigrateError
 from .ir import STATUSES, KnobOutcome, LaunchPlan, Node, TargetValue
 from .resolve import Inputs, Job, resolve
 from .sources.overrides import override_key
-from .sources.launch import Launch, looks_like_launcher, notebook_launch, parse_run_sh, sbatch_node, variant_of
+from .sources.launch import Launch, looks_like_launcher, notebook_launch, parse_run_sh, variant_of
 from .sources.recipe_py import RecipeModule, parse_recipe_py
 
 
@@ -347,11 +347,6 @@ def _convert(opts: Options, diags: Diagnostics, release: str) -> Conversion:
         vd = Diagnostics()
         try:
             job = resolve(inp, vd, module=module)
-            allocation = sbatch_node(inp.launch.sbatch) if inp.launch is not None and "executor" not in job.tree.fields else None
-            if allocation is not None:  # an sbatch script launches the job: its #SBATCH header is the allocation (LCH007-LCH009)
-                given = job.tree.fields.get("sbatch")  # --set sbatch.<option>=... wins over the header
-                allocation.fields.update(given.fields if isinstance(given, Node) else {})
-                job.tree.fields["sbatch"] = allocation
             targets, outcomes, notes, ctx = rules.apply(job, vd)
         except MigrateError:
             diags.extend(vd.items)

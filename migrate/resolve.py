@@ -20,7 +20,7 @@ from . import knowledge, nemo_release, recipes, schema
 from .detect import Kind, detect
 from .diagnostics import Diagnostics, MigrateError, did_you_mean
 from .ir import Knob, Node, Provenance, find_cycle
-from .sources.launch import Launch
+from .sources.launch import Launch, sbatch_node
 from .sources.overrides import parse_override
 from .sources.recipe_py import FactoryInterpreter, RecipeModule, parse_recipe_py, pick_launch
 from .sources.yaml_source import NodeSpec, Override, read_nemo_yaml
@@ -83,6 +83,23 @@ class Inputs:
 
 def resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None = None) -> Job:
     """Build the effective job or raise MigrateError (every problem found is in ``diags``)."""
+    job = _resolve(inp, diags, module)
+    _attach_sbatch(job, inp.launch)
+    return job
+
+
+def _attach_sbatch(job: Job, launch: Launch | None) -> None:
+    """An sbatch script that launches the job: its #SBATCH header is the allocation, the IR's ``sbatch`` node (rules
+    LCH007-LCH009), unless recipe.py's NeMo-Run executor decides the launch; --set sbatch.<option>=... wins over it."""
+    allocation = sbatch_node(launch.sbatch) if launch is not None and "executor" not in job.tree.fields else None
+    if allocation is None:
+        return
+    given = job.tree.fields.get("sbatch")
+    allocation.fields.update(given.fields if isinstance(given, Node) else {})
+    job.tree.fields["sbatch"] = allocation
+
+
+def _resolve(inp: Inputs, diags: Diagnostics, module: RecipeModule | None) -> Job:
     kind = detect(inp.yamls[0][0], Diagnostics()) if len(inp.yamls) == 1 else None
     if kind is Kind.NEMORUN_EXPORT:
         return _resolve_export(inp, diags)
