@@ -17,9 +17,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m compileall -q migrate
 	touch $@
 
-$(DEVSTAMP): $(STAMP) requirements/automodel-check.txt requirements/automodel-check-nodeps.txt requirements/runtime.txt
+$(DEVSTAMP): $(STAMP) requirements/automodel-check.txt requirements/automodel-check-nodeps.txt requirements/runtime.txt requirements/loggers.txt
 	$(BIN)/python -m pip install -q -r requirements/automodel-check.txt
 	$(BIN)/python -m pip install -q -r requirements/runtime.txt
+	$(BIN)/python -m pip install -q -r requirements/loggers.txt
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements/automodel-check-nodeps.txt
 	touch $@

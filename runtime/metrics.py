@@ -202,7 +202,8 @@ def automodel_record(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if rec.get("type") == "val":
         name = rec.get("name", "default")
         return ("validation.jsonl" if name == "default" else f"validation_{name}.jsonl",
-                head | {"val_loss": rec["val_loss"], "num_label_tokens": rec["num_label_tokens"]})
+                head | {"val_loss": rec["val_loss"], "lr": rec.get("lr"), "num_label_tokens": rec["num_label_tokens"],
+                        "mem": rec.get("peak_mem_gib")})
     return "training.jsonl", head | {
         "loss": rec["loss"], "grad_norm": rec["grad_norm"], "lr": rec["lr"], "mem": rec.get("peak_mem_gib"),
         "tps": rec.get("tokens_per_s"), "tps_per_gpu": rec.get("tokens_per_s_per_gpu"), "mfu": None,
@@ -212,7 +213,14 @@ def automodel_record(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 class RunLoggers:
     """Rank 0's metrics: RUN_DIR/metrics.jsonl (the runtime's), the checkpoint dir's ``training.jsonl`` and
     ``validation*.jsonl`` (0.7's, appended as 0.7's ``build_metric_logger`` does), and TensorBoard / W&B / MLflow when
-    the config has their section (``check_loggers``). Same ``write``/``close`` as ``MetricsWriter``."""
+    the config has their section (``check_loggers``). Same ``write``/``close`` as ``MetricsWriter``.
+
+    W&B and MLflow get what 0.7's train_ft gives them: its record of the step (``automodel_record``; a named validation
+    set's metrics prefixed ``val_<name>/`` in W&B) every ``step_scheduler.log_remote_every_steps`` training steps, a
+    W&B run named after the model unless ``wandb.name`` is set, and an MLflow run (``loggers.MLflowConfig``; named
+    after the run directory unless ``mlflow.run_name`` is set, where 0.7 lets MLflow pick a name) in its experiment,
+    with the config as params (flattened to ``mlflow.flatten_depth`` levels) and as ``config.yaml``, resumed from the
+    checkpoint dir's ``mlflow_run_id`` (or ``MLFLOW_RUN_ID``), ended FAILED when training raised."""
 
     def __init__(self, run_dir: Path, *, append: bool, ckpt_dir: Path | None = None,
                  cfg: dict[str, Any] | None = None, run_name: str = ""):
@@ -220,51 +228,48 @@ class RunLoggers:
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.files: dict[str, MetricsWriter] = {}
         self.tb = self.wandb = self.mlflow = None
-        on = check_loggers(cfg or {})
+        cfg = cfg or {}
+        self.remote_every = int((cfg.get("step_scheduler") or {}).get("log_remote_every_steps") or 1)
+        on = check_loggers(cfg)
         if "tensorboard" in on:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(log_dir=str(_section(cfg, "tensorboard").get("log_dir")
                                                 or Path(run_dir) / "tensorboard"))
-        if "wandb" in on:
-            import wandb
-
-            kw = _section(cfg, "wandb")
-            kw.setdefault("project", "automodel")
-            if not kw.get("name"):
-                kw["name"] = run_name
-            self.wandb = wandb.init(**kw, config=cfg)
-        if "mlflow" in on:
-            import mlflow
-
-            kw = _section(cfg, "mlflow")
-            if kw.get("tracking_uri"):
-                mlflow.set_tracking_uri(kw["tracking_uri"])
-            mlflow.set_experiment(kw.get("experiment_name", "automodel-experiment"))
-            self.mlflow = mlflow.start_run(run_name=kw.get("run_name") or run_name, tags=kw.get("tags") or None)
+        for name, start in (("wandb", _start_wandb), ("mlflow", _start_mlflow)):
+            if name in on:
+                setattr(self, name, _started(name, start, cfg, self.ckpt_dir, run_name))
 
     def write(self, rec: dict[str, Any]) -> None:
         self.main.write(rec)
+        name, am = automodel_record(rec)
         if self.ckpt_dir is not None and "nonfinite" not in rec:
-            name, am = automodel_record(rec)
             if name not in self.files:
                 self.files[name] = MetricsWriter(self.ckpt_dir / name, append=True)
             self.files[name].write(am)
         scalars = {k: float(v) for k, v in rec.items()
                    if k not in ("type", "name", "step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        prefix = "train" if rec.get("type") == "train" else f"val/{rec.get('name', 'default')}"
+        train = rec.get("type") == "train"
+        prefix = "train" if train else f"val/{rec.get('name', 'default')}"
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(f"{prefix}/{k}", v, rec["step"])
+        if train and rec["step"] % self.remote_every:
+            return
         if self.wandb is not None:
-            self.wandb.log({f"{prefix}/{k}": v for k, v in scalars.items()}, step=rec["step"])
+            if train:
+                self.wandb.log(am, step=rec["step"])
+            else:
+                metrics = {k: v for k, v in am.items() if k not in ("step", "epoch", "timestamp")}
+                val = rec.get("name", "default")
+                self.wandb.log(metrics if val == "default" else {f"val_{val}/{k}": v for k, v in metrics.items()}, step=rec["step"])
         if self.mlflow is not None:
             import mlflow
 
-            mlflow.log_metrics({f"{prefix}/{k}".replace("/", "_"): v for k, v in scalars.items()
-                                if math.isfinite(v)}, step=rec["step"])
+            mlflow.log_metrics({k: float(v) for k, v in am.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                and math.isfinite(v)}, step=rec["step"])
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         for w in self.files.values():
             w.close()
         if self.tb is not None:
@@ -274,5 +279,86 @@ class RunLoggers:
         if self.mlflow is not None:
             import mlflow
 
-            mlflow.end_run()
+            mlflow.end_run(status="FAILED" if failed else "FINISHED")
         self.main.close()
+
+
+def model_name(cfg: dict[str, Any]) -> str | None:
+    """0.7's ``_get_model_name``: the model's id or path (or its config's)."""
+    m = cfg.get("model") or {}
+    if m.get("pretrained_model_name_or_path") is not None:
+        return str(m["pretrained_model_name_or_path"])
+    c = m.get("config")
+    if isinstance(c, dict):
+        return c.get("pretrained_model_name_or_path")
+    return str(c) if c is not None else None
+
+
+def _started(name: str, start, *args):
+    """``start(*args)``; what the logger's package refuses (no credentials, a tracking server that does not answer, a
+    bad URI) is a RunError naming the section, not an internal error."""
+    from .errors import RunError
+
+    try:
+        return start(*args)
+    except Exception as e:  # noqa: BLE001 - the logger library's own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"could not start its run: {type(e).__name__}: {first[:400]}", key=name,
+                       hint=f"fix the `{name}:` section or the environment it needs (credentials, tracking server, "
+                            f"{'WANDB_MODE=offline' if name == 'wandb' else 'MLFLOW_TRACKING_URI'}), or remove the section") from None
+
+
+def _start_wandb(cfg: dict[str, Any], ckpt_dir: Path | None, run_name: str):
+    """0.7's ``WandbConfig.build``: every key of the section goes to ``wandb.init`` (project ``automodel`` unless
+    given), the run is named after the model unless ``name`` is set, with the whole config."""
+    import wandb
+
+    kw = {k: v for k, v in _section(cfg, "wandb").items() if v is not None}
+    kw.setdefault("project", "automodel")
+    if not kw.get("name"):
+        mn = model_name(cfg)
+        kw["name"] = "_".join(mn.split("/")[-2:]) if mn else run_name
+    return wandb.init(**kw, config=cfg, settings=wandb.Settings(silent=True))
+
+
+def flatten_params(params: dict[str, Any], max_depth: int | None = 1, prefix: str = "", _depth: int = 0) -> dict[str, str]:
+    """MLflow params as 0.7 logs them: dicts split into dotted keys up to ``max_depth`` levels (None: all), the rest
+    (lists too) as strings."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and (max_depth is None or _depth < max_depth):
+            out.update(flatten_params(v, max_depth, key, _depth + 1))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def _start_mlflow(cfg: dict[str, Any], ckpt_dir: Path | None, run_name: str):
+    """0.7's ``MLflowConfig.build``: the experiment (made with ``artifact_location`` when new), a run resumed from
+    ``MLFLOW_RUN_ID`` or the checkpoint dir's ``mlflow_run_id`` (``resume``, default true) or started (and its id
+    written there), ``description`` as the note tag, and for a new run the config as params and ``config.yaml``."""
+    import os
+
+    import mlflow
+
+    sec = _section(cfg, "mlflow")
+    if sec.get("tracking_uri"):
+        mlflow.set_tracking_uri(sec["tracking_uri"])
+    name = sec.get("experiment_name") or "automodel-experiment"
+    exp = mlflow.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(name=name, artifact_location=sec.get("artifact_location"))
+    tags = dict(sec.get("tags") or {})
+    if sec.get("description") is not None:
+        tags["mlflow.note.content"] = str(sec["description"])
+    sidecar = ckpt_dir / "mlflow_run_id" if ckpt_dir is not None else None
+    resume_id = os.environ.get("MLFLOW_RUN_ID") or (
+        sidecar.read_text().strip() if sec.get("resume", True) and sidecar is not None and sidecar.is_file() else None)
+    run = mlflow.start_run(experiment_id=exp_id, run_id=resume_id or None, run_name=sec.get("run_name") or run_name, tags=tags)
+    if resume_id is None:
+        if sidecar is not None:
+            sidecar.parent.mkdir(parents=True, exist_ok=True)
+            sidecar.write_text(run.info.run_id)
+        mlflow.log_params(flatten_params(cfg, sec.get("flatten_depth", 1)))
+        mlflow.log_dict(cfg, "config.yaml")
+    return run

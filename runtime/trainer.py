@@ -424,11 +424,16 @@ class Trainer:
                         if self.stop_after is not None and done_here >= self.stop_after:
                             self.log(f"stopping after {done_here} step(s) (--stop-after); the schedule was not changed")
                             break
+        except BaseException:
+            failed = True
+            raise
+        else:
+            failed = False
         finally:
             if self.progress is not None:
                 self.progress.close()
             if self.metrics is not None:
-                self.metrics.close()
+                self.metrics.close(failed=failed)
         self.final_loss = last_loss
         if steps.sigterm_flag:
             self.log("stopped by a preemption signal after checkpointing")
@@ -453,7 +458,8 @@ class Trainer:
             val_losses[name] = v["val_loss"]
             if self.env.is_main:
                 self.metrics.write({"type": "val", "name": name, "step": self.steps.step, "epoch": self.steps.epoch,
-                                    "val_loss": v["val_loss"], "num_label_tokens": v["num_label_tokens"]})
+                                    "val_loss": v["val_loss"], "num_label_tokens": v["num_label_tokens"],
+                                    "lr": self.optimizer.param_groups[0]["lr"], "peak_mem_gib": peak_mem_gib(self.env.device)})
                 self.log(f"validation[{name}] step {self.steps.step}: loss {v['val_loss']:.4f} "
                          f"over {v['num_label_tokens']} label tokens")
         return val_losses

@@ -59,6 +59,17 @@ def test_nemo_tokenize_template_pieces_eos_mask_and_truncation():
     assert len(t["full"]) == 8 and t["full"][-3:] == full[-3:] and t["context_len"] == 5
 
 
+def test_legs_log_nowhere_but_their_run_directory():
+    """A migrated job with W&B / MLflow sections (NeMo's WandbLogger maps to `wandb:`): the legs drop them, so a
+    verification neither needs credentials nor adds runs to the team's dashboards."""
+    from nemo_migrate.verify.legs import migrated_config
+
+    mig = {"step_scheduler": {"max_steps": 5}, "dataset": {}, "wandb": {"project": "team"}, "mlflow": {"experiment_name": "e"},
+           "tensorboard": {}, "validation_dataset": {}}
+    cfg = migrated_config(mig, {"checkpoint": {"enabled": False}}, None)
+    assert not {"wandb", "mlflow", "tensorboard", "validation_dataset"} & set(cfg) and mig["wandb"] == {"project": "team"}
+
+
 def test_envelopes_are_automodels_profiles():
     assert ENVELOPES["standard"] == (1e-5, 0.002, 5e-3, 0.002)
     assert envelope_of([2.0, 2.0], [2.0, 2.0])[0] == "strict"

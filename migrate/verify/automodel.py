@@ -82,7 +82,9 @@ def automodel_config(leg_cfg: dict, *, model_dir: Path, leg_dir: Path) -> dict:
     ck.update(enabled=False, checkpoint_dir=str(leg_dir / "automodel"))  # training.jsonl lands here
     ck.pop("restore_from", None)
     cfg["checkpoint"] = ck
-    for k in ("wandb", "mlflow", "comet"):
+    from .legs import LOGGERS
+
+    for k in LOGGERS:
         cfg.pop(k, None)
     return cfg
 

@@ -31,6 +31,9 @@ class VerifyError(Exception):
     pass
 
 
+LOGGERS = ("wandb", "mlflow", "comet", "tensorboard")  # sections no leg keeps: a leg logs nowhere but its run directory
+
+
 @dataclass(frozen=True)
 class Approximation:
     rule: str  # the rule whose bucket admits it
@@ -160,13 +163,13 @@ def environment(migrated: dict, *, nproc: int, seq_length: int | None, tok_dir: 
 
 
 def migrated_config(migrated: dict, env: dict[str, Any], init_adapter: Path | None) -> dict:
-    """The migrated leg: the Automodel YAML with this machine's environment, no validation or checkpoints, starting
-    from the reference leg's initial adapters."""
+    """The migrated leg: the Automodel YAML with this machine's environment, no validation, checkpoints or remote
+    loggers (a verification's short legs are not the job's runs), starting from the reference leg's initial adapters."""
     cfg = json.loads(json.dumps(migrated))
     for k, v in env.items():
         cfg[k] = {**(cfg.get(k) or {}), **v} if isinstance(v, dict) else v
-    cfg.pop("validation_dataset", None)
-    cfg.pop("validation_dataloader", None)
+    for k in ("validation_dataset", "validation_dataloader", *LOGGERS):
+        cfg.pop(k, None)
     cfg["step_scheduler"] = {**cfg["step_scheduler"], "val_every_steps": 10 ** 9, "ckpt_every_steps": 10 ** 9}
     if init_adapter is not None:
         cfg.setdefault("nemo_compat", {})["init_adapter"] = str(init_adapter)
