@@ -187,6 +187,9 @@ def _fp8(cfg: dict, ctx: _Ctx) -> Fp8Spec | None:
     ff = sec.get("filter_fqns") or []
     if isinstance(ff, str):
         ff = [ff]
+    if not isinstance(ff, list) or not all(isinstance(x, str) for x in ff):
+        raise ctx.err("fp8.filter_fqns", "must be a module name or a list of module names", found=ff,
+                      hint="e.g. fp8.filter_fqns: [lm_head]")
     return Fp8Spec(recipe_name=recipe,
                    enable_fsdp_float8_all_gather=bool(sec.get("enable_fsdp_float8_all_gather", False)),
                    precompute_float8_dynamic_scale_for_fsdp=bool(sec.get("precompute_float8_dynamic_scale_for_fsdp",

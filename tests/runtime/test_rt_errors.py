@@ -97,3 +97,10 @@ def test_column_missing_in_data(cfg_factory, tmp_path, capsys):
     cfg = cfg_factory(mutate=lambda c: c["dataset"].update(column_mapping={"context": "input", "answer": "output"}))
     err = _fails(capsys, cfg, tmp_path)
     assert "'input'" in err and "column_mapping.context" in err and "prompt" in err
+
+
+def test_fp8_filter_fqns_that_is_not_module_names(cfg_factory, tmp_path, capsys):
+    """`--set fp8.filter_fqns=7` was a TypeError ("internal error"): a value a user wrote gets a named error."""
+    cfg = cfg_factory(mutate=lambda c: c.update(fp8={"enabled": True, "filter_fqns": 7}))
+    err = _fails(capsys, cfg, tmp_path)
+    assert "fp8.filter_fqns" in err and "list of module names" in err and "internal error" not in err
