@@ -95,6 +95,21 @@ def _key(cfg, memo=None):
     return effective_key(cfg, steps=4, nproc=1, model_path=None, proxy_model="tiny", memo={} if memo is None else memo)
 
 
+def test_an_output_directory_is_compared_as_written_not_by_what_is_in_it(tmp_path):
+    """The job's checkpoint_dir may exist here and be written to by another run: it is where a run writes, so its
+    content never makes two legs differ (it once made this file's fp8/fp16 comparison flaky)."""
+    cfgs = _leg_configs(tmp_path)
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    for c in cfgs.values():
+        c["checkpoint"]["checkpoint_dir"] = str(out)
+    k = _key(cfgs["fp16"])
+    (out / "written-meanwhile").write_text("x")
+    assert _key(cfgs["fp8"]) == k
+    cfgs["fp8"]["checkpoint"]["checkpoint_dir"] = str(tmp_path / "elsewhere")
+    assert _key(cfgs["fp8"]) != k  # a different place is still a different config
+
+
 def test_fp8_off_legs_of_the_seed_job_have_the_fp16_legs_effective_config(tmp_path):
     cfgs = _leg_configs(tmp_path)
     assert "fp8" in cfgs["fp8"] and "fp8" not in cfgs["fp16"]  # written differently ...

@@ -231,10 +231,14 @@ def _digest(path: Path, memo: dict[str, str]) -> str:
     return memo[key]
 
 
+OUTPUT_KEYS = frozenset({"checkpoint_dir", "log_dir"})  # where a run writes: compared as written, never by content
+
+
 def _by_content(node: Any, memo: dict[str, str]) -> Any:
-    """``node`` with every local file or directory path replaced by its content digest."""
+    """``node`` with every local input file or directory path replaced by its content digest (an output location,
+    ``OUTPUT_KEYS``, stays as written: what is in it, maybe being written right now, does not decide the leg)."""
     if isinstance(node, dict):
-        return {k: _by_content(v, memo) for k, v in node.items()}
+        return {k: v if k in OUTPUT_KEYS else _by_content(v, memo) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
         return [_by_content(v, memo) for v in node]
     if isinstance(node, str) and ("/" in node or os.sep in node):
