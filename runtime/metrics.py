@@ -236,9 +236,10 @@ class RunLoggers:
 
             self.tb = SummaryWriter(log_dir=str(_section(cfg, "tensorboard").get("log_dir")
                                                 or Path(run_dir) / "tensorboard"))
-        for name, start in (("wandb", _start_wandb), ("mlflow", _start_mlflow)):
-            if name in on:
-                setattr(self, name, _started(name, start, cfg, self.ckpt_dir, run_name))
+        if "wandb" in on:
+            self.wandb = _started("wandb", _start_wandb, cfg, run_name)
+        if "mlflow" in on:
+            self.mlflow = _started("mlflow", _start_mlflow, cfg, self.ckpt_dir, run_name)
 
     def write(self, rec: dict[str, Any]) -> None:
         self.main.write(rec)
@@ -308,7 +309,7 @@ def _started(name: str, start, *args):
                             f"{'WANDB_MODE=offline' if name == 'wandb' else 'MLFLOW_TRACKING_URI'}), or remove the section") from None
 
 
-def _start_wandb(cfg: dict[str, Any], ckpt_dir: Path | None, run_name: str):
+def _start_wandb(cfg: dict[str, Any], run_name: str):
     """0.7's ``WandbConfig.build``: every key of the section goes to ``wandb.init`` (project ``automodel`` unless
     given), the run is named after the model unless ``name`` is set, with the whole config."""
     import wandb

@@ -317,17 +317,26 @@ class LegServers:
                 self._live += 1
         return self._start() if start else self._idle.get()
 
-    def _drop(self, p: subprocess.Popen) -> None:
+    @staticmethod
+    def _hang_up(p: subprocess.Popen) -> None:
+        """End of requests: the server finishes when its stdin closes."""
         try:
             if p.stdin:
                 p.stdin.close()
         except OSError:
             pass
+
+    @staticmethod
+    def _reap(p: subprocess.Popen) -> None:
         try:
             p.wait(timeout=60)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+    def _drop(self, p: subprocess.Popen) -> None:
+        self._hang_up(p)
+        self._reap(p)
         with self._lock:
             self._live -= 1
 
@@ -380,19 +389,11 @@ class LegServers:
             return None
 
     def close(self) -> None:
-        for p in self._all:
+        for p in self._all:  # every server hangs up first, so they end side by side
             if p.poll() is None:
-                try:
-                    if p.stdin:
-                        p.stdin.close()
-                except OSError:
-                    pass
+                self._hang_up(p)
         for p in self._all:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            self._reap(p)
             if p.stdout:
                 p.stdout.close()
 

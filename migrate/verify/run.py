@@ -79,7 +79,7 @@ def run_verify(opts: VerifyOptions, log: Callable[[str], Any] = print) -> tuple[
 
 def _timing(t0: float, progress: Progress, report: VerifyReport, servers: LegServers | None) -> dict[str, Any]:
     """Where the wall time went: the checks before the first leg (convert, tokenizer, NeMo's tokenization), the
-    runtime processes' start (imports, CUDA init; the first overlaps the checks), the legs, and all of it."""
+    runtime processes' start (imports; the first overlaps the checks), the legs, and all of it."""
     legs = [leg for v in report.variants for leg in v.legs.values()]
     out: dict[str, Any] = {"total_s": round(time.time() - t0, 1), "checks_s": round(progress.t0 - t0, 1),
                            "legs_s": round(time.time() - progress.t0, 1),
